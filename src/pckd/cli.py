@@ -1,0 +1,152 @@
+"""The `pckd` command. Thin: parses arguments, calls library functions, turns UserErrors into one line + exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from typing import Callable
+
+from pckd.errors import UserError
+
+OVERRIDES_HELP = "key=value overrides, e.g. train.epochs=10 data.classes=10 pckd.preview.mode=off"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pckd.config import resolve_config
+    from pckd.engine.launch import run_training
+
+    cfg = resolve_config(args.config, args.overrides)
+    summary = run_training(cfg)
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pckd.engine.eval_checkpoint import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.overrides)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from pckd.config import resolve_config, to_yaml
+
+    print(to_yaml(resolve_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from pckd.models import list_models, model_summary
+
+    rows = [model_summary(name, num_classes=args.num_classes) for name in list_models()]
+    print(f"{'name':<22} {'family':<14} {'params (M)':>10} {'feature dim':>11} {'input':>6}")
+    for r in rows:
+        print(f"{r['name']:<22} {r['family']:<14} {r['params'] / 1e6:>10.2f} {r['penultimate_dim']:>11} {r['input_size']:>6}")
+    print(f"\nparameter counts for {args.num_classes} classes; ImageNet models: any torchvision classifier as "
+          f"'torchvision.<name>' (e.g. torchvision.resnet18)")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pckd.methods.base import method_registry
+
+    for name, spec in sorted(method_registry().items()):
+        teacher = "teacher" if spec.cls.needs_teacher else "no teacher"
+        print(f"{name:<12} {spec.summary} [{teacher}]")
+        for f in dataclasses.fields(spec.params):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            print(f"    {name}.{f.name} = {default}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pckd.demo import run_demo
+
+    run_demo(args.output_dir, epochs_scale=args.scale, methods=args.methods)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pckd.models import export_safetensors
+
+    export_safetensors(args.checkpoint, args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pckd", description="Knowledge distillation of image classifiers.")
+    from pckd import __version__
+
+    parser.add_argument("--version", action="version", version=f"pckd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="train a teacher and distilled students on the embedded digits data")
+    p.add_argument("--output-dir", default="runs/demo", help="where the demo runs go (default: runs/demo)")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's epochs (e.g. 0.2 for a smoke run)")
+    p.add_argument("--methods", nargs="*", default=None, help="subset of student methods to run")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train with a YAML config (teacher with method=ce, or a student)")
+    p.add_argument("config", help="YAML config file, e.g. configs/cifar100/kd/resnet32x4-resnet8x4.yaml")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
+    p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file with student.arch=...")
+    p.add_argument("overrides", nargs="*", help="e.g. data.root=./data student.arch=resnet8x4")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("config", help="print the resolved config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("models", help="list the model zoo with parameter counts")
+    p.add_argument("--num-classes", type=int, default=100)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("methods", help="list the methods and their hyper-parameters")
+    p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
+    p.add_argument("checkpoint")
+    p.add_argument("output")
+    p.set_defaults(func=_cmd_export)
+    return parser
+
+
+def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    from pckd.engine.trainer import TrainingStopped
+
+    try:
+        return func(args)
+    except UserError as exc:
+        print(f"pckd: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingStopped as exc:
+        print(f"pckd: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("pckd: aborted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    warnings.filterwarnings("default", category=UserWarning)
+    return _run(args.func, args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

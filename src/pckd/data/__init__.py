@@ -1,0 +1,153 @@
+"""The data layer: datasets, batch augmentation and loaders, behind one factory, :func:`build_data`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Union
+
+import torch
+from torch import Tensor
+
+from pckd.config_schema import DataConfig
+from pckd.data.augment import NORMALIZATION, BatchAugment, PreAugmented
+from pckd.data.batch import Augmenter, Batch
+from pckd.data.cifar import load_cifar
+from pckd.data.digits import digits_normalization, load_digits_split
+from pckd.data.loader import InMemoryLoader
+from pckd.data.subset import limit, select_classes
+from pckd.errors import UserError
+
+if TYPE_CHECKING:  # torchvision/PIL are imported only when an ImageFolder is actually used
+    from pckd.data.imagefolder import ImageFolderLoader
+
+DATASETS = ("cifar100", "cifar10", "imagefolder", "digits")
+
+Loader = Union[InMemoryLoader, "ImageFolderLoader"]
+
+__all__ = [
+    "DATASETS",
+    "Augmenter",
+    "Batch",
+    "BatchAugment",
+    "DataBundle",
+    "InMemoryLoader",
+    "PreAugmented",
+    "build_data",
+]
+
+
+@dataclass
+class DataBundle:
+    """Everything the trainer needs from the data layer.
+
+    train_size / test_size count the whole dataset (all ranks); each loader's ``local_size`` is this rank's.
+    """
+
+    train: Loader
+    test: Loader
+    augment: Augmenter
+    num_classes: int
+    input_size: int
+    class_names: list[str]
+    train_size: int
+    test_size: int
+
+
+def _check_num_classes(cfg: DataConfig, found: int) -> None:
+    if cfg.num_classes is not None and cfg.num_classes != found:
+        via = f" (data.classes={cfg.classes})" if cfg.classes is not None else ""
+        raise UserError(
+            f"data.num_classes={cfg.num_classes} but the data has {found} classes{via}; "
+            f"remove data.num_classes or set it to {found}"
+        )
+
+
+def _subset(cfg: DataConfig, images: Tensor, labels: Tensor, n_available: int, train: bool) -> tuple[Tensor, Tensor]:
+    if cfg.classes is not None:
+        images, labels = select_classes(images, labels, cfg.classes, available=n_available)
+    n = cfg.train_limit if train else cfg.test_limit
+    if n is not None:
+        images, labels = limit(images, labels, n, key="data.train_limit" if train else "data.test_limit")
+    return images, labels
+
+
+def _in_memory(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
+    if cfg.name == "digits":
+        splits = [load_digits_split(train) for train in (True, False)]
+        mean, std = digits_normalization()
+    else:
+        splits = [load_cifar(cfg.name, cfg.root, train, download=cfg.download) for train in (True, False)]
+        mean, std = NORMALIZATION[cfg.name]
+    class_names = splits[0][2]
+    (x_train, y_train), (x_test, y_test) = (
+        _subset(cfg, images, labels, len(class_names), train)
+        for (images, labels, _), train in zip(splits, (True, False))
+    )
+    num_classes = cfg.classes if cfg.classes is not None else len(class_names)
+    _check_num_classes(cfg, num_classes)
+    if cfg.on_device:
+        # One copy per run; every batch is then sliced and augmented on the device.
+        x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    augment = BatchAugment(mean, std)
+    return DataBundle(
+        train=InMemoryLoader(x_train, y_train, batch_size, augment, shuffle=True, seed=seed, device=device),
+        test=InMemoryLoader(x_test, y_test, eval_batch_size, augment, shuffle=False, seed=seed, device=device),
+        augment=augment,
+        num_classes=num_classes,
+        input_size=int(x_train.shape[-1]),
+        class_names=class_names[:num_classes],
+        train_size=int(x_train.shape[0]),
+        test_size=int(x_test.shape[0]),
+    )
+
+
+def _positions(cfg: DataConfig, targets: list[int], n_available: int, train: bool) -> list[int]:
+    """The sample positions an ImageFolder split keeps under data.classes and the limits."""
+    labels = torch.tensor(targets, dtype=torch.long)
+    positions, _ = _subset(cfg, torch.arange(len(targets)), labels, n_available, train)  # same rules as CIFAR
+    return positions.tolist()
+
+
+def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
+    from pckd.data.imagefolder import ImageFolderLoader, open_split
+
+    train_set = open_split(cfg.root, "train", cfg.image_size)
+    test_set = open_split(cfg.root, "val", cfg.image_size)
+    if test_set.classes != train_set.classes:
+        raise UserError(
+            f"data.root: the class folders of '{cfg.root}/val' differ from those of '{cfg.root}/train'; "
+            "give both splits the same class subfolders"
+        )
+    n_available = len(train_set.classes)
+    for dataset, train in ((train_set, True), (test_set, False)):
+        dataset.keep(_positions(cfg, dataset.targets, n_available, train))
+    num_classes = cfg.classes if cfg.classes is not None else n_available
+    _check_num_classes(cfg, num_classes)
+    common = dict(seed=seed, num_workers=cfg.num_workers, skip_corrupt=cfg.skip_corrupt, device=device)
+    train_loader = ImageFolderLoader(train_set, batch_size, shuffle=True, **common)
+    return DataBundle(
+        train=train_loader,
+        test=ImageFolderLoader(test_set, eval_batch_size, shuffle=False, **common),
+        augment=train_loader.augment,
+        num_classes=num_classes,
+        input_size=cfg.image_size,
+        class_names=list(train_set.classes[:num_classes]),
+        train_size=len(train_set),
+        test_size=len(test_set),
+    )
+
+
+def build_data(
+    data_cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device
+) -> DataBundle:
+    """Load the dataset ``data_cfg.name`` and wrap it in training and evaluation loaders.
+
+    ``batch_size`` and ``eval_batch_size`` are global (split across ranks); ``seed`` fixes the per-epoch
+    training order. Applies data.classes, data.train_limit, data.test_limit and checks data.num_classes.
+    """
+    device = torch.device(device)
+    if data_cfg.name not in DATASETS:
+        raise UserError(f"data.name: unknown dataset '{data_cfg.name}'; use one of {', '.join(DATASETS)}")
+    if data_cfg.name == "imagefolder":
+        return _imagefolder(data_cfg, batch_size, eval_batch_size, seed, device)
+    return _in_memory(data_cfg, batch_size, eval_batch_size, seed, device)

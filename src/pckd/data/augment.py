@@ -1,0 +1,151 @@
+"""Batch-wise augmentation on the device: random crop (zero padding), horizontal flip, rotations, normalisation.
+
+Everything works on whole uint8 batches [B,3,H,W] with tensor ops (no Python loop over samples), on whatever
+device the batch lives on. Random draws use torch's global generator of that device, so saving and restoring
+torch's RNG state reproduces the augmentation exactly.
+
+Crop implementation: pad once, take a strided view of every possible crop window (``unfold`` twice) and pick
+one window per sample with advanced indexing. That copies whole contiguous rows and measured fastest on CPU
+(B=256, 32x32: ~0.8 ms for the crop, vs ~2 ms for flat-index gathers and ~3.5 ms for 4-tensor fancy indexing).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Per-channel mean/std of the images scaled to [0, 1].
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # digits: computed from its training split at load time (see pckd.data.digits.digits_normalization).
+}
+
+
+def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor | None, padding: int) -> Tensor:
+    """Crop every image of ``images`` (uint8 [B,C,H,W]) at explicit offsets after zero padding.
+
+    Output sample b is ``pad(images[b])[:, top[b]:top[b]+H, left[b]:left[b]+W]``, mirrored horizontally
+    where ``flip[b]`` is true. Offsets lie in ``[0, 2*padding]``. Deterministic: tests pass their own offsets.
+    """
+    b, _, h, w = images.shape
+    if flip is not None:
+        # Mirroring before the crop equals mirroring after it when the column offset is mirrored too.
+        images = torch.where(flip.view(b, 1, 1, 1), images.flip(3), images)
+        left = torch.where(flip, 2 * padding - left, left)
+    if padding == 0:
+        return images.clone() if flip is None else images
+    padded = F.pad(images, (padding, padding, padding, padding))
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [B,C,2p+1,2p+1,H,W], a view
+    batch_index = torch.arange(b, device=images.device)
+    return windows[batch_index, :, top, left]
+
+
+def rotate_copies(images: Tensor, n_rotations: int) -> Tensor:
+    """[B,C,S,S] -> [n*B,C,S,S]; flat index ``n*i + j`` holds image i rotated by j*90 degrees CCW."""
+    if n_rotations > 1 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotated views need square images, got {tuple(images.shape[-2:])}")
+    copies = [images if j == 0 else torch.rot90(images, j, dims=(2, 3)) for j in range(n_rotations)]
+    return torch.stack(copies, dim=1).flatten(0, 1)
+
+
+def rotated_crops(
+    images: Tensor, flip: Tensor | None, top: Tensor, left: Tensor, n_rotations: int, padding: int
+) -> Tensor:
+    """Rotated views with explicit random parameters: flip image i by ``flip[i]`` (shared by its copies),
+    rotate copy j by j*90 degrees CCW, then crop copy ``n*i+j`` at ``(top[n*i+j], left[n*i+j])``."""
+    if flip is not None:
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+    copies = rotate_copies(images, n_rotations)
+    return copies if padding == 0 else crop_flip(copies, top, left, None, padding)
+
+
+class Normalize:
+    """``(x/255 - mean) / std`` for uint8 (or [0,255]-valued) batches, as one fused multiply-add."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != len(std):
+            raise ValueError("mean and std need one value per channel")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._cache: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def _constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        # Built once per device so a training step never copies constants host->device.
+        if device not in self._cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+            self._cache[device] = ((1.0 / (255.0 * std)).to(device), (-mean / std).to(device))
+        return self._cache[device]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        scale, shift = self._constants(images.device)
+        return images.to(torch.float32).mul_(scale).add_(shift)
+
+
+class BatchAugment:
+    """The :class:`~pckd.data.batch.Augmenter` of in-memory datasets (uint8 [B,3,H,W] batches).
+
+    standard: per-image random crop (zero padding ``crop_padding``) + horizontal flip (p=0.5) + normalisation.
+    rotated_views: flip once per image, ``torch.rot90`` copies, an independent crop per copy, normalisation.
+    evaluate: normalisation only.
+
+    Random draws, in this order, from the global RNG of the images' device: flip flags (``torch.rand``), then
+    row offsets, then column offsets (``torch.randint``). Nothing is drawn for a disabled crop or flip.
+    """
+
+    def __init__(
+        self, mean: Sequence[float], std: Sequence[float], crop_padding: int = 4, flip: bool = True
+    ) -> None:
+        if crop_padding < 0:
+            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        self.normalize = Normalize(mean, std)
+        self.crop_padding = int(crop_padding)
+        self.flip = bool(flip)
+
+    def _draw(self, n_images: int, n_crops: int, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor]:
+        flip = torch.rand(n_images, device=device) < 0.5 if self.flip else None
+        if self.crop_padding > 0:
+            high = 2 * self.crop_padding + 1
+            top = torch.randint(0, high, (n_crops,), device=device)
+            left = torch.randint(0, high, (n_crops,), device=device)
+        else:
+            top = left = torch.zeros(n_crops, dtype=torch.long, device=device)
+        return flip, top, left
+
+    def standard(self, images: Tensor) -> Tensor:
+        """One augmented, normalised float view per image. [B,3,H,W]."""
+        flip, top, left = self._draw(images.shape[0], images.shape[0], images.device)
+        return self.normalize(crop_flip(images, top, left, flip, self.crop_padding))
+
+    def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:
+        """``n_rotations`` views per image in order ``n*i + j`` (j*90 degrees CCW). [n*B,3,H,W]."""
+        b = images.shape[0]
+        flip, top, left = self._draw(b, n_rotations * b, images.device)
+        return self.normalize(rotated_crops(images, flip, top, left, n_rotations, self.crop_padding))
+
+    def evaluate(self, images: Tensor) -> Tensor:
+        """Normalisation only. [B,3,H,W]."""
+        return self.normalize(images)
+
+
+class PreAugmented:
+    """The Augmenter of worker-fed datasets (ImageFolder): batches arrive cropped, flipped and normalised.
+
+    standard and evaluate return the batch unchanged. rotated_views only adds the ``torch.rot90`` copies, so
+    the copies of an image share its crop and flip (the crop was drawn once by the worker's transform),
+    unlike :class:`BatchAugment`, which draws an independent crop per copy.
+    """
+
+    def standard(self, images: Tensor) -> Tensor:
+        return images
+
+    def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:
+        return rotate_copies(images, n_rotations)
+
+    def evaluate(self, images: Tensor) -> Tensor:
+        return images

@@ -1,0 +1,139 @@
+"""Config -> device, data, models, distiller, optimizer, schedule. Validates everything before training starts."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pckd.config import method_params
+from pckd.data import DataBundle, build_data
+from pckd.engine import distributed as dist
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, method_registry
+from pckd.models import create_model, load_weights
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device if there is one, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but CUDA is not available on this machine; use train.device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("train.device=mps but MPS is not available; use train.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch (every device); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def build_network(model_cfg: Any, role: str, num_classes: int, input_size: int) -> nn.Module:
+    """Create ``role``'s architecture and load its checkpoint if one is given; checks sizes against the data."""
+    model = create_model(model_cfg.arch, num_classes, key=f"{role}.arch")
+    expected = getattr(model, "input_size", None)
+    if expected == 32 and input_size != 32:
+        raise UserError(
+            f"{role}.arch={model_cfg.arch} is a 32x32 CIFAR model but the data gives {input_size}x{input_size} images; "
+            f"use a torchvision.* model for this data or data.image_size=32"
+        )
+    if model_cfg.checkpoint:
+        load_weights(model, model_cfg.checkpoint, trust=model_cfg.trust_checkpoint, strict=model_cfg.strict,
+                     key_name=f"{role}.checkpoint")
+    return model
+
+
+@dataclass
+class Built:
+    """Everything the trainer needs, already on the device."""
+
+    device: torch.device
+    data: DataBundle
+    distiller: Distiller
+    optimizer: torch.optim.Optimizer
+    schedule: "EpochSchedule"
+
+
+class EpochSchedule:
+    """Sets the learning rate at the start of each epoch from :func:`lr_factor` (a pure function of the epoch,
+    so a resumed or extended run gets exactly the rate the config asks for)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, train_cfg: Any) -> None:
+        self.optimizer = optimizer
+        self.train_cfg = train_cfg
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> float:
+        self.epoch = epoch
+        factor = lr_factor(epoch, self.train_cfg)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
+        return self.base_lrs[0] * factor
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "base_lrs": self.base_lrs, "schedule": self.train_cfg.schedule}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.epoch = state["epoch"]
+
+
+def lr_factor(epoch: int, train_cfg: Any) -> float:
+    """Learning-rate multiplier for ``epoch`` (counted from 1): optional linear warm-up, then step or cosine.
+
+    Multistep follows RepDistiller: lr x decay^(number of milestones m with epoch > m). Cosine follows
+    CosineAnnealingLR stepped once per epoch: 0.5 (1 + cos(pi (epoch-1) / epochs)).
+    """
+    if train_cfg.warmup_epochs and epoch <= train_cfg.warmup_epochs:
+        return epoch / train_cfg.warmup_epochs
+    if train_cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / train_cfg.epochs))
+    return train_cfg.lr_decay ** sum(epoch > m for m in train_cfg.milestones)
+
+
+def build(cfg: Any) -> Built:
+    """Build the whole training setup from a resolved config (raises UserError on any bad input)."""
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    if cfg.train.batch_size % dist.world_size():
+        raise UserError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by the {dist.world_size()} processes; "
+            f"use a multiple of {dist.world_size()}"
+        )
+    data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device)
+    spec = method_registry()[cfg.method]
+    student = build_network(cfg.student, "student", data.num_classes, data.input_size)
+    teacher = None
+    if spec.cls.needs_teacher:
+        if not cfg.teacher.checkpoint:
+            raise UserError(
+                f"method={cfg.method} needs a trained teacher: set teacher.checkpoint=PATH "
+                f"(train one with method=ce, e.g. 'pckd train configs/cifar100/teachers/{cfg.teacher.arch}.yaml')"
+            )
+        teacher = build_network(cfg.teacher, "teacher", data.num_classes, data.input_size)
+    distiller = spec.cls(student, teacher, method_params(cfg), data.num_classes).to(device)
+    if cfg.train.channels_last:
+        distiller.to(memory_format=torch.channels_last)
+    trainable = [p for p in distiller.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=cfg.train.momentum,
+                                weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
+    return Built(device, data, distiller, optimizer, EpochSchedule(optimizer, cfg.train))

@@ -1,0 +1,34 @@
+"""Start a training job in this process, joining a torchrun process group when launched by torchrun."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed
+
+from pckd.engine import distributed as dist
+
+
+def _init_process_group() -> bool:
+    if not dist.launched_by_torchrun() or dist.is_distributed():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def run_training(cfg: Any) -> dict[str, Any] | None:
+    """Train; returns the summary on rank 0 (None on other ranks)."""
+    from pckd.engine.trainer import Trainer
+
+    started = _init_process_group()
+    try:
+        summary = Trainer(cfg).fit()
+        return summary if dist.is_main_process() else None
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,10 @@
+"""User-facing errors: one line naming the key or file and the fix; the CLI prints them and exits 2."""
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, files, data) rather than a bug.
+
+    The message must be one line that names the offending key/file/value and says how to fix it.
+    """
+
+    exit_code = 2

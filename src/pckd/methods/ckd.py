@@ -1,0 +1,183 @@
+"""Sample-wise contrastive KD (`ckd`; Zhu et al. 2024, arXiv 2404.14109): InfoNCE between teacher and
+student logits of the same sample, with the other samples of the batch as negatives.
+
+The default reproduces the released code (methods.md 3.2): both logit vectors are L2-normalised over the
+classes, ``S = t_hat @ s_hat^T / tau`` (teacher rows), and the loss is the cross-entropy of each row with its
+diagonal entry as the target. Two options exist for ablations (decisions.md "CKD defaults"):
+
+* ``symmetric=True``: average with the loss obtained by exchanging the roles of teacher and student
+  (for the default negatives that is the cross-entropy of ``S^T``, i.e. student-anchored rows);
+* ``negatives="student_student"``: the positive stays ``<t_i, s_i>`` while the negatives are ``<s_i, s_j>``.
+
+No KL/KD term: the released code trains with CE + contrast only.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.engine.distributed import all_gather_cat, is_distributed, rank
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+
+NEGATIVES = ("teacher_student", "student_student")
+
+
+def _float_compute(*tensors: Tensor) -> tuple[Tensor, ...]:
+    """Cast to at least float32 (half/bf16 -> float32, float64 stays float64) so the loss is never low-precision."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def no_autocast(t: Tensor) -> AbstractContextManager:
+    """Disable autocast around a loss so its matmuls run in the inputs' (float32+) precision."""
+    if t.device.type in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(t.device.type):
+        return torch.autocast(device_type=t.device.type, enabled=False)
+    return nullcontext()
+
+
+def _check_negatives(negatives: str) -> None:
+    if negatives not in NEGATIVES:
+        raise UserError(f"ckd.negatives must be one of {', '.join(NEGATIVES)}, got {negatives!r}")
+
+
+def _one_direction(anchor_hat: Tensor, other_hat: Tensor, rows: slice, tau: float, negatives: str) -> Tensor:
+    """Per-row InfoNCE where ``anchor_hat`` plays the teacher's role and ``other_hat`` the student's.
+
+    teacher_student: row r = [<a_i, o_j> / tau]_j, target column i (the positive <a_i, o_i> is in the row).
+    student_student: row r = [<o_i, o_j> / tau]_j with column i (the self-similarity <o_i, o_i> = 1, which
+        carries no information) replaced by the positive <a_i, o_i> / tau; negatives are <o_i, o_j>, j != i.
+    Here i = rows.start + r indexes the full (possibly gathered) batch; columns run over the full batch.
+    """
+    n_rows = rows.stop - rows.start
+    target = torch.arange(rows.start, rows.stop, device=anchor_hat.device)
+    a = anchor_hat[rows]
+    if negatives == "teacher_student":
+        logits = a @ other_hat.T / tau
+    else:
+        o = other_hat[rows]
+        logits = o @ other_hat.T / tau
+        positive = (a * o).sum(dim=1, keepdim=True) / tau
+        logits = logits.scatter(1, target.view(n_rows, 1), positive)
+    return F.cross_entropy(logits, target, reduction="none")
+
+
+def ckd_per_sample(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: float,
+    symmetric: bool = False,
+    negatives: str = "teacher_student",
+    rows: slice | None = None,
+) -> Tensor:
+    """Per-anchor CKD losses, shape [R] (R = number of ``rows``; all N rows by default).
+
+    Args:
+        student_logits, teacher_logits: [N, C]; N is the batch whose samples serve as negatives (under DDP the
+            gathered global batch). Gradients flow into whichever input requires grad; callers pass a no-grad
+            teacher.
+        tau: temperature dividing the cosine similarities.
+        symmetric: average (per sample) with the direction where teacher and student exchange roles.
+        negatives: ``teacher_student`` (released code) or ``student_student`` (see :func:`_one_direction`).
+        rows: which anchors to compute (the local slice of a gathered batch); the columns always span all N.
+
+    Computed in float32 (float64 inputs stay float64), with autocast disabled.
+    """
+    _check_negatives(negatives)
+    n = student_logits.shape[0]
+    rows = slice(0, n) if rows is None else rows
+    with no_autocast(student_logits):
+        s, t = _float_compute(student_logits, teacher_logits)
+        s_hat, t_hat = F.normalize(s, dim=1), F.normalize(t, dim=1)
+        loss = _one_direction(t_hat, s_hat, rows, tau, negatives)
+        if symmetric:
+            loss = 0.5 * (loss + _one_direction(s_hat, t_hat, rows, tau, negatives))
+    return loss
+
+
+def ckd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tau: float,
+    symmetric: bool = False,
+    negatives: str = "teacher_student",
+) -> Tensor:
+    """Batch-mean sample-wise contrastive loss (0-dim): mean over rows of :func:`ckd_per_sample`.
+
+    Default (released code): ``mean_i -log( exp(S_ii) / sum_j exp(S_ij) )`` with
+    ``S = normalize(t) @ normalize(s)^T / tau``; the denominator includes the positive.
+    """
+    return ckd_per_sample(student_logits, teacher_logits, tau, symmetric, negatives).mean()
+
+
+@dataclass
+class CKDParams:
+    """Hyper-parameters of `ckd` (config section ``ckd.*``).
+
+    ce_weight: w_CE (released code 1.0).
+    weight: w_CL, the contrast weight. 10.0 is the released code's default (cfg.py); the CIFAR-100 configs set
+        it per pair (100 for most, 10 for res56->res20 / res110->res32, 50 for vgg13->MV2 / wrn40_2->wrn40_1).
+    tau: temperature on the cosine similarities (1.0; 2.0 for vgg13->MV2 and wrn40_2->wrn40_1).
+    symmetric: also add the student-anchored direction (ablation; released code: False).
+    negatives: ``teacher_student`` (released code) or ``student_student`` (third-party reading of the paper).
+    global_negatives: under DDP, gather logits from all ranks so every anchor's negatives are the whole global
+        batch, as in the released single-process code whose batch is global (default True). False: each rank
+        contrasts only within its own shard. No effect in a single process.
+    """
+
+    ce_weight: float = 1.0
+    weight: float = 10.0
+    tau: float = 1.0
+    symmetric: bool = False
+    negatives: str = "teacher_student"
+    global_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        _check_negatives(self.negatives)
+        if not self.tau > 0:
+            raise UserError(f"ckd.tau must be > 0, got {self.tau}")
+        if self.weight < 0:
+            raise UserError(f"ckd.weight must be >= 0, got {self.weight}")
+        if self.ce_weight < 0:
+            raise UserError(f"ckd.ce_weight must be >= 0, got {self.ce_weight}")
+
+
+@register_method("ckd", CKDParams, "sample-wise contrastive KD: CE + w * InfoNCE over teacher/student logits")
+class CKD(Distiller):
+    """CE + ``weight`` x InfoNCE between teacher and student logits over the (global) batch."""
+
+    params: CKDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: CKDParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        logits = self.student(x)
+        teacher_logits = self.teacher_features(x).logits
+        ce = F.cross_entropy(logits.float(), batch.labels)
+
+        if p.global_negatives and is_distributed():
+            # Columns = the global batch; rows = this rank's anchors. all_gather_cat routes the gradient of every
+            # rank's loss back to the rank owning the sample, and DDP's gradient average over ranks then equals
+            # the gradient of the global-batch mean (equal shards assumed, as all_gather requires).
+            b = logits.shape[0]
+            s_all, t_all = all_gather_cat(logits), all_gather_cat(teacher_logits)
+            rows = slice(rank() * b, (rank() + 1) * b)
+            contrast = ckd_per_sample(s_all, t_all, p.tau, p.symmetric, p.negatives, rows=rows).mean()
+        else:
+            contrast = ckd_loss(logits, teacher_logits, p.tau, p.symmetric, p.negatives)
+        losses = {"ce": p.ce_weight * ce, "ckd": p.weight * contrast}
+        return StepOutput(logits=logits, losses=losses)

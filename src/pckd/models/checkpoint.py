@@ -1,0 +1,232 @@
+"""Read checkpoint files safely, find the weights inside them and load them into a model.
+
+Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a file that
+carries pickled code is refused before anything in it runs. Only an explicit trust flag unpickles fully.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pckd.errors import UserError
+
+_CONTAINER_KEYS = ("model", "state_dict", "model_state_dict", "net")  # pckd/RepDistiller/mdistiller, Lightning, others
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP/DataParallel and torch.compile
+_FORBIDDEN_GLOBAL = re.compile(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)")
+_SHOWN_KEYS = 3
+
+
+def _trust_key(key_name: str) -> str:
+    """'teacher.checkpoint' -> 'teacher.trust_checkpoint': the config key that allows full unpickling."""
+    section, _, _ = key_name.rpartition(".")
+    return f"{section}.trust_checkpoint" if section else "trust_checkpoint"
+
+
+def _corrupt(path: Path, key_name: str, err: BaseException) -> UserError:
+    detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return UserError(
+        f"checkpoint '{path}' ({key_name}) is truncated or corrupt: {detail}; re-download or re-save the file"
+    )
+
+
+def _read_safetensors(path: Path, key_name: str) -> dict[str, Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise UserError(f"reading '{path}' ({key_name}) needs safetensors: pip install safetensors") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError for bad headers and short files
+        raise _corrupt(path, key_name, err) from None
+
+
+def read_checkpoint(path: str | os.PathLike[str], trust: bool = False, key_name: str = "teacher.checkpoint") -> Any:
+    """Load a checkpoint file onto the CPU; usually returns a dict.
+
+    ``.safetensors`` files are read with safetensors. Other files go through ``torch.load`` with
+    ``weights_only=True`` unless ``trust`` is set; a file that needs arbitrary unpickling is refused with a
+    UserError (nothing in it is executed). ``key_name`` is the config key the path came from, for messages.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint '{path}' ({key_name}) not found: check the path")
+    if not path.is_file():
+        raise UserError(f"checkpoint '{path}' ({key_name}) is not a file: give the path of the checkpoint file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, key_name)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        found = _FORBIDDEN_GLOBAL.findall(str(err))
+        if found and not trust:
+            raise UserError(
+                f"checkpoint '{path}' ({key_name}) contains pickled code/objects ({', '.join(sorted(set(found)))}) "
+                f"and was NOT loaded or executed; only if you trust this file, set {_trust_key(key_name)}=true "
+                "(or re-save it as a plain state dict where it was made)"
+            ) from None
+        raise _corrupt(path, key_name, err) from None
+    except (AttributeError, ModuleNotFoundError) as err:  # trusted full unpickling of a class we lack
+        raise UserError(
+            f"checkpoint '{path}' ({key_name}) needs code that is not importable here to unpickle: {err}; "
+            "re-save it as a plain state dict"
+        ) from None
+    except PermissionError:
+        raise UserError(f"checkpoint '{path}' ({key_name}) cannot be read: permission denied") from None
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, IndexError, KeyError) as err:
+        raise _corrupt(path, key_name, err) from None
+
+
+def _strip_wrapper_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Remove 'module.' / '_orig_mod.' when every key carries it (also nested, e.g. 'module._orig_mod.')."""
+    changed = True
+    while changed and state:
+        changed = False
+        for prefix in _WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def extract_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, Tensor]:
+    """The model weights inside a loaded checkpoint, with DDP/compile prefixes stripped.
+
+    Accepts pckd checkpoints (``{'format': 'pckd', 'model': ...}``), RepDistiller/mdistiller files
+    (``{'model': ..., 'epoch': ...}``), ``{'state_dict': ...}``, bare state dicts and (trusted) pickled
+    nn.Modules. ``source`` names the file in error messages.
+    """
+    inner: Any = obj
+    for _ in range(3):  # containers may nest once or twice ({'model': {'state_dict': ...}})
+        if isinstance(inner, nn.Module):
+            inner = inner.state_dict()
+            break
+        if not isinstance(inner, Mapping):
+            break
+        key = next((k for k in _CONTAINER_KEYS if isinstance(inner.get(k), (Mapping, nn.Module))), None)
+        if key is None:
+            break
+        inner = inner[key]
+    if isinstance(inner, nn.Module):
+        inner = inner.state_dict()
+    if not isinstance(inner, Mapping) or not inner:
+        raise UserError(
+            f"{source}: no model weights found (got {type(obj).__name__}); expected a state dict or a dict with "
+            f"one under {', '.join(repr(k) for k in _CONTAINER_KEYS)}"
+        )
+    tensors = {str(k): v for k, v in inner.items() if isinstance(v, Tensor)}
+    if len(tensors) != len(inner):
+        others = [str(k) for k, v in inner.items() if not isinstance(v, Tensor)][:_SHOWN_KEYS]
+        raise UserError(
+            f"{source}: no model weights found; top-level entries {others} are not tensors and none of "
+            f"{', '.join(repr(k) for k in _CONTAINER_KEYS)} holds a state dict"
+        )
+    return _strip_wrapper_prefixes(tensors)
+
+
+def guess_architecture(state: Mapping[str, Tensor]) -> tuple[str, int] | None:
+    """(zoo name, number of classes) of the CIFAR zoo model whose state dict has these keys and shapes."""
+    from pckd.models.cifar import CIFAR_MODELS
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    for name, (_, builder) in CIFAR_MODELS.items():
+        with torch.device("meta"):  # building on meta allocates nothing
+            model = builder(num_classes=1)
+        head = model._classifier_attr  # the one layer whose shape depends on the class count
+        own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        if own.keys() != shapes.keys():
+            continue
+        if all(own[k] == shapes[k] for k in own if k not in (f"{head}.weight", f"{head}.bias")):
+            return name, shapes[f"{head}.weight"][0]
+    return None
+
+
+def _first(keys: list[str]) -> str:
+    more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more
+
+
+def _mismatch_error(
+    path: Path, key_name: str, model: nn.Module, state: dict[str, Tensor], own: dict[str, Tensor], strict: bool
+) -> UserError | None:
+    # Files from before BatchNorm counted batches lack num_batches_tracked; torch fills it in.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if not (missing or unexpected or mismatched):
+        return None
+    parts = []
+    if missing:
+        parts.append(f"missing {_first(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {_first(unexpected)}")
+    if mismatched:
+        shown = [f"{k} {list(state[k].shape)} in file vs {list(own[k].shape)} in model" for k in mismatched]
+        parts.append(f"shape mismatch {_first(shown)}")
+    guess = guess_architecture(state)
+    if guess is not None:
+        hint = f"it looks like a '{guess[0]}' checkpoint with {guess[1]} classes: set the arch and class count to match"
+    else:
+        hint = "check that the arch and number of classes match the ones the checkpoint was trained with"
+    return UserError(
+        f"checkpoint '{path}' ({key_name}) does not fit {type(model).__name__}: {'; '.join(parts)}; {hint}"
+    )
+
+
+def load_weights(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    trust: bool = False,
+    strict: bool = True,
+    key_name: str = "teacher.checkpoint",
+) -> nn.Module:
+    """Load the weights in checkpoint ``path`` into ``model`` and return the model.
+
+    With ``strict`` every key must match; without it, keys present on one side only are skipped. A shape
+    mismatch is always an error (a UserError naming the file, the first offending keys and, when the file
+    matches a zoo architecture, that architecture).
+    """
+    path = Path(path)
+    state = extract_state_dict(read_checkpoint(path, trust=trust, key_name=key_name), source=f"'{path}' ({key_name})")
+    own = model.state_dict()
+    error = _mismatch_error(path, key_name, model, state, own, strict)
+    if error is not None:
+        raise error
+    if not strict:
+        state = {k: v for k, v in state.items() if k in own}
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def export_safetensors(
+    checkpoint_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    trust: bool = False,
+    key_name: str = "checkpoint",
+) -> Path:
+    """Write the model weights of a checkpoint to a ``.safetensors`` file and return its path."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("exporting to safetensors needs the safetensors package: pip install safetensors") from None
+    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
+    state = extract_state_dict(read_checkpoint(checkpoint_path, trust=trust, key_name=key_name), str(checkpoint_path))
+    if not out_path.parent.is_dir():
+        raise UserError(f"cannot write '{out_path}': folder '{out_path.parent}' does not exist")
+    # safetensors refuses tensors that share storage (tied weights): give each its own contiguous copy.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "source": checkpoint_path.name})
+    os.replace(tmp, out_path)  # atomic: a crash never leaves a half-written export behind
+    return out_path
+
+
+__all__ = ["export_safetensors", "extract_state_dict", "guess_architecture", "load_weights", "read_checkpoint"]

@@ -1,0 +1,43 @@
+"""Shared test fixtures: the real data in ../shared (through PCKD_TEST_DATA) and small helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+def _shared_data_dir() -> Path | None:
+    value = os.environ.get("PCKD_TEST_DATA")
+    if value and Path(value).is_dir():
+        return Path(value)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared test data (cifar-100-python/, cifar10-jpeg-mini/). Skips outside CI when absent."""
+    root = _shared_data_dir()
+    if root is None:
+        if os.environ.get("CI"):
+            pytest.fail("PCKD_TEST_DATA must point at the shared data folder in CI")
+        pytest.skip("set PCKD_TEST_DATA to the shared data folder to run this test")
+    return root
+
+
+@pytest.fixture(scope="session")
+def zoo_reference(shared_data: Path) -> dict:
+    """State-dict keys/shapes, parameter counts and feature shapes of the standard CIFAR zoo."""
+    path = Path(os.environ.get("PCKD_ZOO_REFERENCE", shared_data.parent / "fixtures" / "cifar_zoo_reference.json"))
+    if not path.is_file():
+        pytest.skip(f"zoo reference fixture not found at {path}")
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(autouse=True)
+def _small_threads():
+    torch.set_num_threads(2)
+    yield
