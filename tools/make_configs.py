@@ -77,18 +77,25 @@ def all_configs() -> dict[str, dict[str, Any]]:
     return out
 
 
+# Each method keeps its paper tables in its own module beside this file: tools/configs_<method>.py, each
+# with a function ``configs() -> dict[path, config]`` (they may use the helpers above).
+METHOD_MODULES = ["configs_pckd", "configs_ckd", "configs_intra_class", "configs_imagenet"]
+
+
 def _extra_configs() -> dict[str, dict[str, Any]]:
-    """Configs of the other methods (kept in their own module so each method's table sits together)."""
+    """Configs of the other methods, from the per-method modules that exist."""
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     extra: dict[str, dict[str, Any]] = {}
-    try:
-        from tools import method_configs  # type: ignore
-    except ImportError:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
+    for name in METHOD_MODULES:
         try:
-            import method_configs  # type: ignore
-        except ImportError:
-            return extra
-    extra.update(method_configs.configs())
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        extra.update(module.configs())
     return extra
 
 

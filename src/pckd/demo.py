@@ -12,10 +12,10 @@ from typing import Any
 from pckd.config import resolve_config, to_yaml
 from pckd.engine.trainer import train
 
-TEACHER_ARCH = "resnet20"
+TEACHER_ARCH = "resnet14"
 STUDENT_ARCH = "resnet8"
-TEACHER_EPOCHS = 12
-STUDENT_EPOCHS = 8
+TEACHER_EPOCHS = 10
+STUDENT_EPOCHS = 6
 
 _COMMON = {
     "data": {"name": "digits"},

@@ -242,7 +242,8 @@ class Trainer:
         lr = self.built.schedule.set_epoch(epoch)
         n_steps = len(loader)
         bar = tqdm(total=n_steps, initial=start_step, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False,
-                   disable=not (cfg.train.progress and dist.is_main_process()), dynamic_ncols=True)
+                   disable=not (cfg.train.progress and dist.is_main_process()), dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)  # logs stay short when not a terminal
         t0, window_t0, window_images = time.perf_counter(), time.perf_counter(), 0
         skipped = 0
         for step, batch in enumerate(loader.iter_from(start_step), start=start_step):
