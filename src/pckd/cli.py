@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
-from pckd.errors import UserError
+from pckd.errors import PckdWarning, UserError
 
 OVERRIDES_HELP = "key=value overrides, e.g. train.epochs=10 data.classes=10 pckd.preview.mode=off"
 
@@ -42,7 +42,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from pckd.models import list_models, model_summary
 
-    rows = [model_summary(name, num_classes=args.num_classes) for name in list_models()]
+    with warnings.catch_warnings():  # torchvision's notes about future init defaults are noise here
+        warnings.simplefilter("ignore", FutureWarning)
+        rows = [model_summary(name, num_classes=args.num_classes) for name in list_models()]
     print(f"{'name':<22} {'family':<14} {'params (M)':>10} {'feature dim':>11} {'input':>6}")
     for r in rows:
         print(f"{r['name']:<22} {r['family']:<14} {r['params'] / 1e6:>10.2f} {r['penultimate_dim']:>11} {r['input_size']:>6}")
@@ -138,6 +140,15 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
         return 130
 
 
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print pckd's own warnings as one ``pckd: warning: ...`` line (others the usual way)."""
+    if issubclass(category, PckdWarning):
+        print(f"pckd: warning: {message}", file=file or sys.stderr, flush=True)
+    else:
+        _show_warning.fallback(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -145,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     warnings.filterwarnings("default", category=UserWarning)
+    if warnings.showwarning is not _show_warning:
+        _show_warning.fallback = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _show_warning
     return _run(args.func, args)
 
 

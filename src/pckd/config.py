@@ -150,18 +150,36 @@ def resolve_config(path: str | Path | None, overrides: list[str] | None = None, 
     except UserError:
         raise
     except OmegaConfBaseException as exc:
-        raise UserError(_type_error_message(exc)) from None
+        raise UserError(_type_error_message(exc, schema)) from None
     validate(obj)
     return obj
 
 
-def _type_error_message(exc: OmegaConfBaseException) -> str:
+def _expected_type(schema: type, dotted: str) -> str | None:
+    """The declared type of config key ``dotted`` in ``schema``, readable (``int``, ``list[int]``, ``int or
+    null``), or None when the key is not a plain field."""
+    cls: Any = schema
+    tp: Any = None
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return None
+        tp = _field_types(cls).get(part)
+        if tp is None:
+            return None
+        cls = _unwrap_optional(tp)
+    if dataclasses.is_dataclass(cls):
+        return None
+    name = getattr(cls, "__name__", None) if typing.get_origin(cls) is None else None
+    name = name or str(cls).replace("typing.", "")
+    return f"{name} or null" if cls is not tp else name
+
+
+def _type_error_message(exc: OmegaConfBaseException, schema: type | None = None) -> str:
     key = getattr(exc, "full_key", None) or "?"
-    msg = str(exc).splitlines()[0]
-    expected = getattr(exc, "ref_type", None)
-    if "Value '" in msg and "could not be converted" in msg or "Invalid type" in msg or "Incompatible value" in msg:
-        type_name = getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
-        return f"config key '{key}': {msg}; give a value of type {type_name}"
+    msg = str(exc).splitlines()[0].rstrip(".")
+    expected = _expected_type(schema, key) if schema is not None and key != "?" else None
+    if expected is not None:
+        return f"config key '{key}': {msg}; give a value of type {expected}"
     return f"config key '{key}': {msg}"
 
 

@@ -56,7 +56,8 @@ class TrainConfig:
     deterministic: bool = False
     precision: str = "fp32"  # fp32 | bf16 (autocast; losses in float32)
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the student's forward
+    sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (as in one process)
     log_interval: int = 50  # steps between host reads of the device-side metrics
     on_nonfinite: str = "stop"  # stop | skip_step
     eval_teacher: bool = True  # evaluate the teacher on the test set before training the student

@@ -8,3 +8,8 @@ class UserError(Exception):
     """
 
     exit_code = 2
+
+
+class PckdWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. resuming from ``last.prev.pt``);
+    the CLI prints it as one ``pckd: warning: ...`` line."""

@@ -11,6 +11,7 @@ one window per sample with advanced indexing. That copies whole contiguous rows 
 
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -96,6 +97,11 @@ class BatchAugment:
 
     Random draws, in this order, from the global RNG of the images' device: flip flags (``torch.rand``), then
     row offsets, then column offsets (``torch.randint``). Nothing is drawn for a disabled crop or flip.
+
+    Under DDP each rank augments only its shard of the global batch but draws the parameters of the *whole*
+    global batch and keeps its own rows (:meth:`for_shard`; the loader does this). So every sample gets the
+    augmentation it would get in one process, whatever the number of ranks, and the ranks' generators (seeded
+    alike) stay in step, which is what lets a resumed DDP run restore rank 0's RNG state on every rank.
     """
 
     def __init__(
@@ -106,26 +112,41 @@ class BatchAugment:
         self.normalize = Normalize(mean, std)
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
+        self.shard: tuple[int, int] | None = None  # (offset, global batch size); None: the batch is global
 
-    def _draw(self, n_images: int, n_crops: int, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor]:
-        flip = torch.rand(n_images, device=device) < 0.5 if self.flip else None
+    def for_shard(self, offset: int, total: int) -> "BatchAugment":
+        """This augmenter for a rank's images ``[offset, offset + b)`` of a global batch of ``total`` images:
+        draws are made for all ``total`` images and the rank keeps its own (see the class docstring)."""
+        view = copy.copy(self)  # shares the normalisation constants
+        view.shard = (int(offset), int(total))
+        return view
+
+    def _draw(self, n_images: int, copies: int, device: torch.device) -> tuple[Tensor | None, Tensor, Tensor]:
+        """Flip flags [n_images] and crop offsets [copies * n_images] (copies of image i at copies*i + j)."""
+        offset, total = self.shard if self.shard is not None else (0, n_images)
+        if offset + n_images > total:
+            raise ValueError(f"shard [{offset}, {offset + n_images}) exceeds the global batch of {total}")
+        flip = torch.rand(total, device=device) < 0.5 if self.flip else None
         if self.crop_padding > 0:
             high = 2 * self.crop_padding + 1
-            top = torch.randint(0, high, (n_crops,), device=device)
-            left = torch.randint(0, high, (n_crops,), device=device)
+            top = torch.randint(0, high, (copies * total,), device=device)
+            left = torch.randint(0, high, (copies * total,), device=device)
         else:
-            top = left = torch.zeros(n_crops, dtype=torch.long, device=device)
+            top = left = torch.zeros(copies * total, dtype=torch.long, device=device)
+        if total != n_images:
+            rows = slice(copies * offset, copies * (offset + n_images))
+            flip = None if flip is None else flip[offset: offset + n_images]
+            top, left = top[rows], left[rows]
         return flip, top, left
 
     def standard(self, images: Tensor) -> Tensor:
         """One augmented, normalised float view per image. [B,3,H,W]."""
-        flip, top, left = self._draw(images.shape[0], images.shape[0], images.device)
+        flip, top, left = self._draw(images.shape[0], 1, images.device)
         return self.normalize(crop_flip(images, top, left, flip, self.crop_padding))
 
     def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:
         """``n_rotations`` views per image in order ``n*i + j`` (j*90 degrees CCW). [n*B,3,H,W]."""
-        b = images.shape[0]
-        flip, top, left = self._draw(b, n_rotations * b, images.device)
+        flip, top, left = self._draw(images.shape[0], n_rotations, images.device)
         return self.normalize(rotated_crops(images, flip, top, left, n_rotations, self.crop_padding))
 
     def evaluate(self, images: Tensor) -> Tensor:

@@ -112,6 +112,7 @@ class InMemoryLoader:
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         n = images.shape[0]
+        self.global_batch_size = int(batch_size)
         if shuffle:
             self.batch_size = local_batch_size(batch_size, self.world_size)
             self._bounds = train_batches(n, batch_size, self.rank, self.world_size, drop_last)
@@ -163,7 +164,17 @@ class InMemoryLoader:
             labels = self.labels.index_select(0, index)
             if self.images.device != self.device:
                 images, labels, index = (self._to_device(t) for t in (images, labels, index))
-            yield Batch(images=images, labels=labels, index=index, augment=self.augment)
+            yield Batch(images=images, labels=labels, index=index, augment=self._shard_augment(lo))
+
+    def _shard_augment(self, lo: int) -> Augmenter:
+        """The augmenter of this rank's batch starting at position ``lo``. Under several ranks it draws the
+        random parameters of the whole global batch and keeps this rank's (``BatchAugment.for_shard``), so the
+        augmentation does not depend on the number of ranks."""
+        if not (self.shuffle and self.world_size > 1 and hasattr(self.augment, "for_shard")):
+            return self.augment
+        start = lo - lo % self.global_batch_size  # global batches begin at multiples of the global batch size
+        total = min(start + self.global_batch_size, self.dataset_size) - start
+        return self.augment.for_shard(lo - start, total)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_from(self.start_step)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pckd.errors import UserError
+from pckd.errors import PckdWarning, UserError
 
 LAST = "last.pt"
 PREVIOUS = "last.prev.pt"
@@ -35,12 +35,27 @@ def atomic_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None
             fh.flush()
             os.fsync(fh.fileno())
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            _keep_as_previous(path, Path(keep_previous))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _keep_as_previous(path: Path, previous: Path) -> None:
+    """Make ``previous`` the current ``path`` file. A hard link keeps ``path`` in place too, so at no instant
+    is there no ``last``; where links are unsupported the file is moved (resume then falls back to it)."""
+    link = previous.with_name(f".{previous.name}.tmp-{os.getpid()}")
+    try:
+        if link.exists():
+            link.unlink()
+        os.link(path, link)
+        os.replace(link, previous)
+    except OSError:
+        if link.exists():
+            link.unlink()
+        os.replace(path, previous)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -76,6 +91,8 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path]:
     errors = []
     for path in candidates:
         if not path.exists():
+            if path.name == LAST and (run_dir / PREVIOUS).exists():
+                errors.append(f"checkpoint '{path}' is missing")
             continue
         try:
             state = load_checkpoint_file(path)
@@ -83,7 +100,8 @@ def load_resume_checkpoint(run_dir: Path) -> tuple[dict[str, Any], Path]:
             errors.append(str(exc))
             continue
         if errors:
-            warnings.warn(f"{errors[0]}; falling back to the previous good checkpoint '{path}'", stacklevel=2)
+            warnings.warn(f"{errors[0]}; falling back to the previous good checkpoint '{path}'", PckdWarning,
+                          stacklevel=2)
         return state, path
     if errors:
         raise UserError(f"no readable checkpoint in '{run_dir}': {'; '.join(errors)}")

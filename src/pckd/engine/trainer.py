@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import random
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from pckd import __version__
 from pckd.config import to_yaml
 from pckd.engine import distributed as dist
 from pckd.engine.build import Built, build
-from pckd.engine.checkpoint_io import BEST, LAST, PREVIOUS, atomic_save, load_resume_checkpoint
+from pckd.engine.checkpoint_io import BEST, LAST, PREVIOUS, atomic_save, load_checkpoint_file, load_resume_checkpoint
 from pckd.engine.evaluate import evaluate
 from pckd.engine.metrics import StepMeter
 from pckd.engine.run_logger import RunLogger, peak_memory_mb
@@ -36,12 +38,25 @@ from pckd.errors import UserError
 _RUN_FILES = ("config.yaml", LAST, PREVIOUS, BEST, "metrics.jsonl", "summary.json", "env.json", "tensorboard")
 
 
+_SIGNAL_CODES = {"SIGINT": 1, "SIGTERM": 2}  # agreed over ranks with a MAX all_reduce: SIGTERM wins
+_SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
+
+
 class TrainingStopped(Exception):
     """Training ended early on purpose (signal) or by a guard (non-finite loss). ``exit_code`` says how."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def compile_student(student: torch.nn.Module) -> None:
+    """``torch.compile`` the student where methods call it: ``forward_features`` (PCKD and every method that
+    needs features; zoo models' ``forward`` goes through it too) and ``forward``. ``Module.compile()`` alone
+    would only cover ``forward``, which PCKD never calls."""
+    if hasattr(student, "forward_features"):
+        student.forward_features = torch.compile(student.forward_features)
+    student.compile()
 
 
 class ChannelsLastAugment:
@@ -62,8 +77,17 @@ class ChannelsLastAugment:
         return wrapped
 
 
-def prepare_run_dir(cfg: Any) -> Path:
-    """Create/check ``output_dir``: refuse to mix two runs unless resume or overwrite says what to do."""
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself or its closest ancestor that exists (what a ``mkdir -p`` would start from)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def check_run_dir(cfg: Any) -> Path:
+    """Check ``output_dir`` without writing anything: refuse to mix two runs unless resume or overwrite says
+    what to do, and refuse a folder that cannot be created or written. Returns the run folder."""
     run_dir = Path(cfg.output_dir).expanduser()
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"output_dir '{run_dir}' is a file; choose a folder with output_dir=...")
@@ -75,21 +99,40 @@ def prepare_run_dir(cfg: Any) -> Path:
         )
     if cfg.resume and not holds_run:
         raise UserError(f"resume=true but output_dir '{run_dir}' holds no run to resume; drop resume=true")
-    if dist.is_main_process():
-        if cfg.overwrite and holds_run:
-            for name in _RUN_FILES:
-                target = run_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write-test"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as exc:
-            raise UserError(f"output_dir '{run_dir}' is not writable ({exc.strerror}); choose another with output_dir=...") from None
+    base = _nearest_existing(run_dir)
+    if not base.is_dir():
+        raise UserError(f"output_dir '{run_dir}' cannot be created: '{base}' is a file; choose another with output_dir=...")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"output_dir '{run_dir}' is not writable (no write permission on '{base}'); "
+                        f"choose another with output_dir=...")
+    return run_dir
+
+
+def create_run_dir(cfg: Any, run_dir: Path) -> None:
+    """Make ``run_dir`` (rank 0), clearing the old run first under ``overwrite=true``. Called only once every
+    input has been validated, so a refused config never leaves a half-created or emptied run folder."""
+    if not dist.is_main_process():
+        return
+    if cfg.overwrite and run_dir.is_dir():
+        for name in _RUN_FILES:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output_dir '{run_dir}' is not writable ({exc.strerror}); choose another with output_dir=...") from None
+
+
+def prepare_run_dir(cfg: Any) -> Path:
+    """Check and create ``output_dir`` in one go (see :func:`check_run_dir` and :func:`create_run_dir`)."""
+    run_dir = check_run_dir(cfg)
+    create_run_dir(cfg, run_dir)
     return run_dir
 
 
@@ -132,19 +175,22 @@ class Trainer:
 
     def __init__(self, cfg: Any, built: Built | None = None) -> None:
         self.cfg = cfg
-        self.run_dir = prepare_run_dir(cfg)
+        self.run_dir = check_run_dir(cfg)  # read-only checks first: nothing is written before validation passes
         self.built = built or build(cfg)
+        create_run_dir(cfg, self.run_dir)
         self.device = self.built.device
         self.distiller = self.built.distiller
         self.data = self.built.data
         self.augment = ChannelsLastAugment(self.data.augment) if cfg.train.channels_last else self.data.augment
         self.model = self.distiller
         if dist.is_distributed():
+            if cfg.train.sync_bn:  # BN over the global batch, as one process would compute it
+                dist.convert_batchnorm(self.distiller, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = torch.nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids,
                                                                    find_unused_parameters=True)
         if cfg.train.compile:
-            self.distiller.student.compile()
+            compile_student(self.distiller.student)
         self.logger = RunLogger(self.run_dir, enabled=dist.is_main_process())
         self.start_epoch, self.start_step = 1, 0
         self.best_top1, self.best_epoch = -1.0, 0
@@ -176,15 +222,56 @@ class Trainer:
         }
 
     def save(self, epoch: int, step: int, last_eval: dict[str, float] | None, best: bool = False) -> None:
-        if not dist.is_main_process():
-            return
+        """Rank 0 writes the checkpoint; under torchrun every rank calls this and waits until the file is
+        complete (so a rank that stops or resumes next sees the finished file), and all stop if it failed."""
+        failure: TrainingStopped | None = None
+        if dist.is_main_process():
+            failure = self._write_checkpoint(epoch, step, last_eval, best)
+        if dist.max_over_ranks([int(failure is not None)], self.device)[0]:  # collective: the barrier
+            raise failure or TrainingStopped("rank 0 could not write its checkpoint (see its message)", exit_code=1)
+
+    def _write_checkpoint(self, epoch: int, step: int, last_eval: dict[str, float] | None,
+                          best: bool) -> TrainingStopped | None:
         state = self._checkpoint(epoch, step, last_eval)
-        atomic_save(state, self.run_dir / LAST, keep_previous=self.run_dir / PREVIOUS)
-        if best:
-            atomic_save(state, self.run_dir / BEST)
+        target = self.run_dir / LAST
+        try:
+            atomic_save(state, target, keep_previous=self.run_dir / PREVIOUS)
+            if best:
+                target = self.run_dir / BEST
+                atomic_save(state, target)
+        except OSError as exc:  # disk full, quota, vanished folder: the files already there stay as they were
+            kept = [str(self.run_dir / n) for n in (LAST, PREVIOUS) if (self.run_dir / n).exists()]
+            return TrainingStopped(
+                f"could not write checkpoint '{target}' ({exc.strerror or exc}); existing checkpoints are untouched "
+                f"({', '.join(kept) or 'none yet'}). Free space, then resume with: {self.resume_command()}",
+                exit_code=1)
+        return None
+
+    def _load_resume_state(self) -> tuple[dict[str, Any], Path]:
+        """Rank 0 picks the checkpoint (``last.pt``, or its fallback) and every rank loads that same file, so
+        output_dir must be on a filesystem every node sees. Errors are raised on all ranks alike."""
+        if not dist.is_distributed():
+            return load_resume_checkpoint(self.run_dir)
+        choice: tuple[str, str]
+        state: dict[str, Any] | None = None
+        if dist.is_main_process():
+            try:
+                state, path = load_resume_checkpoint(self.run_dir)
+                choice = ("path", str(path))
+            except UserError as exc:
+                choice = ("error", str(exc))
+        kind, value = dist.broadcast_object(choice if dist.is_main_process() else None)
+        if kind == "error":
+            raise UserError(value)
+        if state is None:
+            if not Path(value).is_file():
+                raise UserError(f"rank {dist.rank()} cannot read '{value}' written by rank 0; put output_dir on a "
+                                "filesystem shared by every node")
+            state = load_checkpoint_file(Path(value))
+        return state, Path(value)
 
     def resume(self) -> None:
-        state, path = load_resume_checkpoint(self.run_dir)
+        state, path = self._load_resume_state()
         if state["method"] != self.cfg.method or state["arch"] != self.cfg.student.arch:
             raise UserError(
                 f"'{path}' is a {state['method']} run of {state['arch']} but the config asks for "
@@ -203,21 +290,24 @@ class Trainer:
             self.start_epoch, self.start_step = state["epoch"], state["step"]
         else:
             self.start_epoch, self.start_step = state["epoch"] + 1, 0
-        print(f"resuming {self.run_dir} from {path.name}: epoch {self.start_epoch}, step {self.start_step}", flush=True)
+        if dist.is_main_process():
+            print(f"resuming {self.run_dir} from {path.name}: epoch {self.start_epoch}, step {self.start_step}",
+                  flush=True)
 
     def resume_command(self) -> str:
-        return f"pckd train {self.run_dir / 'config.yaml'} resume=true"
+        """The shell command that continues this run (from the current working directory)."""
+        return f"pckd train {shlex.quote(str(self.run_dir / 'config.yaml'))} resume=true"
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured number of epochs (or only up to ``stop_after_epoch``, as if stopped there);
         returns the summary (also written to summary.json)."""
         cfg = self.cfg
+        if cfg.resume:
+            self.resume()  # before writing anything: an unreadable run must stay as it was
         if dist.is_main_process():
             (self.run_dir / "config.yaml").write_text(to_yaml(cfg))
             self.logger.write_json("env.json", _environment(cfg))
-        if cfg.resume:
-            self.resume()
         if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None:
             self.teacher_eval = evaluate(self.distiller.teacher, self.data.test, self.augment, self._autocast,
                                          cfg.train.channels_last)
@@ -237,7 +327,8 @@ class Trainer:
         loader.set_epoch(epoch)
         start_step = self.start_step if epoch == self.start_epoch else 0
         self.distiller.train()
-        self.distiller.on_epoch_start(epoch)
+        if start_step == 0:  # a mid-epoch resume continues an epoch whose start hook already ran (state restored)
+            self.distiller.on_epoch_start(epoch)
         epoch_meter, window = StepMeter(self.device), StepMeter(self.device)
         lr = self.built.schedule.set_epoch(epoch)
         n_steps = len(loader)
@@ -251,19 +342,25 @@ class Trainer:
                 out = self.model(batch, epoch)
             total = out.total
             opt.zero_grad(set_to_none=True)
-            if cfg.train.on_nonfinite == "skip_step" and not torch.isfinite(total).item():  # opt-in host sync
+            if cfg.train.on_nonfinite == "skip_step" and not self._all_finite(total):  # opt-in host sync
                 skipped += 1
             else:
                 total.backward()
                 opt.step()
             values = {**out.losses, "loss": total, **out.stats}
-            epoch_meter.update(values, out.logits, batch.labels)
-            window.update(values, out.logits, batch.labels)
+            epoch_meter.update(values, out.logits, batch.labels, step=step)
+            window.update(values, out.logits, batch.labels, step=step)
             window_images += batch.size * dist.world_size()
             bar.update(1)
-            if (step + 1) % cfg.train.log_interval == 0 or step + 1 == n_steps:
+            at_log = (step + 1) % cfg.train.log_interval == 0 or step + 1 == n_steps
+            if at_log:
                 means, bad = window.read()
-                self._check_finite(bad, epoch, step)
+                # Under torchrun all ranks decide together here (one small all_reduce per log interval).
+                signal_code, any_bad = dist.max_over_ranks([_SIGNAL_CODES.get(stop.requested, 0), int(bool(bad))],
+                                                           self.device)
+                self._check_finite(bad, window, epoch, n_steps, elsewhere=bool(any_bad))
+                if signal_code:
+                    stop.requested = _SIGNAL_NAMES[signal_code]
                 elapsed = time.perf_counter() - window_t0
                 rate = window_images / max(elapsed, 1e-9)
                 bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['top1']:.1f}", img_s=f"{rate:.0f}")
@@ -272,11 +369,15 @@ class Trainer:
                                 step=(epoch - 1) * n_steps + step + 1)
                 window.reset()
                 window_t0, window_images = time.perf_counter(), 0
-            if stop.requested is not None and step + 1 < n_steps:
+            # One process checks the flag after every step; ranks only stop at an agreed log-interval boundary.
+            if stop.requested is not None and step + 1 < n_steps and (at_log or not dist.is_distributed()):
+                if not at_log:  # never save weights a non-finite step has already spoiled
+                    _, bad = window.read()
+                    self._check_finite(bad, window, epoch, n_steps)
                 self._stop_for_signal(stop.requested, epoch, step + 1)
         bar.close()
         train_means, bad = epoch_meter.read()
-        self._check_finite(bad, epoch, n_steps - 1)
+        self._check_finite(bad, epoch_meter, epoch, n_steps)
         epoch_time = time.perf_counter() - t0
         self.wall_time += epoch_time
         test = evaluate(self.distiller.student, self.data.test, self.augment, self._autocast, cfg.train.channels_last)
@@ -295,21 +396,39 @@ class Trainer:
             tqdm.write(f"epoch {epoch}/{cfg.train.epochs}  loss {train_means.get('loss', float('nan')):.4f}  "
                        f"train top-1 {train_means.get('top1', 0):.2f}%  test top-1 {test['top1']:.2f}%  "
                        f"(best {self.best_top1:.2f}% @ {self.best_epoch})  {record['img_per_s']:.0f} img/s")
-        if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or improved:
+        signal_code = dist.max_over_ranks([_SIGNAL_CODES.get(stop.requested, 0)], self.device)[0]
+        stopping = bool(signal_code) and epoch < cfg.train.epochs
+        if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or improved or stopping:
             self.save(epoch, 0, test, best=improved)
-        if stop.requested is not None and epoch < cfg.train.epochs:
-            self._stop_for_signal(stop.requested, epoch, 0, saved=True)
+        if stopping:
+            self._stop_for_signal(_SIGNAL_NAMES[signal_code], epoch, 0, saved=True)
         return test
 
-    def _check_finite(self, bad: dict[str, int], epoch: int, step: int) -> None:
-        if not bad or self.cfg.train.on_nonfinite == "skip_step":
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        """Whether this step's loss is finite on every rank (all ranks must skip the same steps, or DDP's
+        gradient all_reduce would hang)."""
+        bad = int(not torch.isfinite(total).item())
+        return not dist.max_over_ranks([bad], self.device)[0]
+
+    def _check_finite(self, bad: dict[str, int], meter: StepMeter, epoch: int, n_steps: int,
+                      elsewhere: bool = False) -> None:
+        """Stop (exit code 3) if ``meter`` saw a non-finite value, naming the term(s), the exact first bad
+        step and the last good checkpoint. ``elsewhere``: another rank saw one (all ranks stop together)."""
+        if not (bad or elsewhere) or self.cfg.train.on_nonfinite == "skip_step":
             return
-        terms = ", ".join(f"'{k}'" for k in bad if k != "loss") or "'loss'"
         last = self.run_dir / LAST
         good = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+        first = meter.first_nonfinite() if bad else {}
+        losses = {k: v for k, v in first.items() if k != "loss"} or first
+        if losses:
+            step = min(losses.values())
+            terms = ", ".join(f"'{k}'" for k, v in losses.items() if v == step)
+            where = f"loss term {terms} in epoch {epoch} at step {step + 1} of {n_steps}"
+        else:
+            where = f"loss on another rank in epoch {epoch}"
         raise TrainingStopped(
-            f"non-finite loss term {terms} in epoch {epoch} by step {step + 1}; {good}. Lower train.lr, or set "
-            f"train.on_nonfinite=skip_step to skip such steps", exit_code=3)
+            f"non-finite {where}; {good}. Lower train.lr, or set train.on_nonfinite=skip_step to skip such steps",
+            exit_code=3)
 
     def _stop_for_signal(self, signame: str, epoch: int, step: int, saved: bool = False) -> None:
         if not saved:

@@ -101,7 +101,8 @@ class Distiller(nn.Module):
 
     # ---- hooks and state ---------------------------------------------------------------------------------
     def on_epoch_start(self, epoch: int) -> None:
-        """Called before the first step of ``epoch`` (epochs count from 1)."""
+        """Called before the first step of ``epoch`` (epochs count from 1); not again when a run resumes in
+        the middle of ``epoch`` (the state it set up comes back through :meth:`load_method_state`)."""
 
     def on_epoch_end(self, epoch: int, writer: EpochWriter) -> None:
         """Called after the last step of ``epoch``; may write records/plots into ``writer.run_dir``."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.engine.distributed import all_gather_cat, is_distributed, rank
+from pckd.engine.distributed import all_gather_rows, is_distributed
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
 
@@ -165,17 +165,16 @@ class CKD(Distiller):
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
         x = batch.augment.standard(batch.images)
+        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
         logits = self.student(x)
-        teacher_logits = self.teacher_features(x).logits
         ce = F.cross_entropy(logits.float(), batch.labels)
 
         if p.global_negatives and is_distributed():
-            # Columns = the global batch; rows = this rank's anchors. all_gather_cat routes the gradient of every
+            # Columns = the global batch; rows = this rank's anchors. The gather routes the gradient of every
             # rank's loss back to the rank owning the sample, and DDP's gradient average over ranks then equals
-            # the gradient of the global-batch mean (equal shards assumed, as all_gather requires).
-            b = logits.shape[0]
-            s_all, t_all = all_gather_cat(logits), all_gather_cat(teacher_logits)
-            rows = slice(rank() * b, (rank() + 1) * b)
+            # the gradient of the global-batch mean (exactly so when the shards are equal in size).
+            both, rows = all_gather_rows(torch.cat([logits, teacher_logits.to(logits.dtype)], dim=1))  # one gather
+            s_all, t_all = both.split(logits.shape[1], dim=1)
             contrast = ckd_per_sample(s_all, t_all, p.tau, p.symmetric, p.negatives, rows=rows).mean()
         else:
             contrast = ckd_loss(logits, teacher_logits, p.tau, p.symmetric, p.negatives)

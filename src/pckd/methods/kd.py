@@ -42,8 +42,8 @@ class KD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         x = batch.augment.standard(batch.images)
+        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
         logits = self.student(x)
-        teacher_logits = self.teacher_features(x).logits
         p = self.params
         losses = {
             "ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels),

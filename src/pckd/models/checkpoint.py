@@ -154,6 +154,15 @@ def _first(keys: list[str]) -> str:
     return ", ".join(keys[:_SHOWN_KEYS]) + more
 
 
+def _classifier_name(model: nn.Module) -> str | None:
+    """State-dict prefix of the model's final classifier (e.g. ``fc``), if the model exposes one."""
+    try:
+        layer = model.classifier_layer  # type: ignore[attr-defined]
+    except (AttributeError, AssertionError, RuntimeError):
+        return None
+    return next((name for name, module in model.named_modules() if module is layer and name), None)
+
+
 def _mismatch_error(
     path: Path, key_name: str, model: nn.Module, state: dict[str, Tensor], own: dict[str, Tensor], strict: bool
 ) -> UserError | None:
@@ -163,6 +172,17 @@ def _mismatch_error(
     mismatched = [k for k in state if k in own and state[k].shape != own[k].shape]
     if not (missing or unexpected or mismatched):
         return None
+    head = _classifier_name(model)
+    if head is not None and not (missing or unexpected) and set(mismatched) <= {f"{head}.weight", f"{head}.bias"}:
+        file_w, own_w = state.get(f"{head}.weight"), own.get(f"{head}.weight")
+        if file_w is not None and own_w is not None and file_w.shape[1:] == own_w.shape[1:]:
+            # Only the class count differs: say that in the user's terms rather than as tensor shapes.
+            return UserError(
+                f"checkpoint '{path}' ({key_name}) has {file_w.shape[0]} classes but the data has {own_w.shape[0]} "
+                f"(shape mismatch {head}.weight {list(file_w.shape)} in file vs {list(own_w.shape)} in model); "
+                f"use a checkpoint trained on the same {own_w.shape[0]} classes, or set data.classes/data.name "
+                f"to the data it was trained on"
+            )
     parts = []
     if missing:
         parts.append(f"missing {_first(missing)}")

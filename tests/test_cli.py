@@ -1,0 +1,54 @@
+"""The `pckd` command: listing commands, config printing, help, and the demo (smoke scale)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pckd.cli import main
+
+
+def test_models_lists_zoo_with_parameter_counts(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    # resnet8 with 100 classes has 83,892 parameters (RepDistiller's definition), i.e. 0.08 M
+    assert any(line.split()[:1] == ["resnet8"] and "0.08" in line and " 64 " in line for line in out.splitlines())
+    assert "torchvision.resnet18" in out and "ShuffleV2" in out
+
+
+def test_methods_lists_every_method_and_its_keys(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ce", "kd", "pckd", "ckd", "intra_class"):
+        assert f"\n{name} " in "\n" + out
+    assert "pckd.gamma = 1.005" in out and "kd.temperature = 4.0" in out
+
+
+def test_config_prints_resolved_values(capsys):
+    assert main(["config", "configs/cifar100/kd/resnet32x4-resnet8x4.yaml", "train.epochs=3"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 3" in out and "arch: resnet8x4" in out and "temperature: 4.0" in out
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "config", "demo", "models", "methods", "export"])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    assert "usage: pckd" in capsys.readouterr().out
+
+
+def test_bad_key_is_one_line_exit_2(capsys):
+    assert main(["config", "configs/cifar100/kd/resnet32x4-resnet8x4.yaml", "train.lr_rate=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pckd: error: unknown config key 'train.lr_rate': did you mean 'train.lr'?"]
+
+
+@pytest.mark.slow
+def test_demo_smoke_scale_prints_table(tmp_path, capsys):
+    assert main(["demo", "--output-dir", str(tmp_path), "--scale", "0.1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("teacher (resnet14, ce)", "student (resnet8, ce)", "student (resnet8, kd)", "student (resnet8, pckd)",
+                "student (resnet8, ckd)"):
+        assert f"| {row} |" in out
+    assert (tmp_path / "results.md").read_text().count("\n") == 7
+    assert (tmp_path / "student-pckd" / "summary.json").exists()
