@@ -1,29 +1,38 @@
 """Benchmark: training-step throughput and peak memory of `ce`, `kd` and `pckd`, and augmentation throughput,
 each against a reference written the way the released PCKD code works (``benchmarks/reference_step.py``).
 
-Everything is measured in the same run on the same machine. Every (pair, method, implementation) runs in a
-fresh subprocess (so its peak memory is its own) that loads the CIFAR-100 training set, builds the models,
-runs ``--warmup`` steps and times ``--steps`` steps. A step's time runs from asking the loader for the batch to
+Everything is measured in the same run on the same machine.
+
+Timing: one subprocess per (pair, method) builds every implementation and runs them in rounds, one step of
+each per round (so a change of the machine's load hits all of them alike); ``--warmup`` rounds are untimed,
+then ``--steps`` timed ones, and the report takes medians. A step runs from asking the loader for the batch to
 the end of the optimizer step, so data loading and augmentation are inside it, and an epoch is
-``ceil(50000 / batch)`` such steps (same count for both implementations).
+``ceil(50000 / batch)`` such steps for every implementation. Each step's wall time and CPU time are recorded;
+the reference's CPU time includes its DataLoader workers'. After a reference step the benchmark waits, outside
+the timed window, until the workers have prefetched the next batch: in a real run that work competes with the
+step for the cores, so this favours the reference's wall time, if anything.
+
+Peak memory: one subprocess per (pair, method, implementation) runs a single step and reports its peak
+resident set size (the reference's DataLoader workers separately).
 
 Implementations:
   reference   per-sample PIL augmentation in DataLoader workers, loss modules called one by one, preview
-              weights broadcast through a Python list of ``.item()`` reads (fp32, NCHW);
+              weights broadcast through a Python list of ``.item()`` reads, student forward before the
+              teacher's (fp32, NCHW);
   project     the project's step as the trainer runs it (in-memory loader, batch augmentation on the training
               device, ``Distiller`` forward, summed losses, SGD), fp32, default flags;
   project+cl  the same with ``train.channels_last=true``.
 
-For the project implementations the subprocess also times the *bare* networks on the same views (student
-forward + backward of a trivial loss, teacher forward without autograd): ``step - bare`` is the loss-side
-overhead (augmentation, heads, losses, optimizer). It also times the teacher forward under ``no_grad`` against
-``inference_mode`` (+ the clones that make its outputs usable in the student's graph).
+Each round also times, for ``project``, the *bare* networks on the same views (student forward + backward of
+a trivial loss, teacher forward without autograd): ``step - bare`` is the loss-side overhead (augmentation,
+heads, losses, optimizer); and the teacher forward under ``no_grad`` against ``inference_mode`` (+ the clones
+that make its outputs usable in the student's graph).
 
 The augmentation benchmark times ``BatchAugment.standard`` / ``rotated_views`` on uint8 batches against the
 per-sample pipelines (in one process, and through a DataLoader with ``--ref-workers`` workers).
 
-Defaults are small so the whole run takes a few minutes on 2 CPU cores; scale with --steps/--repeats.
-Measurement script, not a test:
+Defaults are small so the whole run takes minutes on 2 CPU cores; scale with --steps. Measurement script, not
+a test:
 
     PCKD_TEST_DATA=/work/shared/data python benchmarks/train_step.py --out benchmarks/results/train_step.json
 """
@@ -41,9 +50,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # reference_step.py next to this file
@@ -116,41 +124,47 @@ class Clock:
     def now(self) -> tuple[float, float]:
         return time.perf_counter(), time.process_time() + sum(_proc_cpu_s(p) for p in self.pids)
 
-    @staticmethod
-    def since(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
-        return end[0] - start[0], end[1] - start[1]
+
+def _settle(pids: list[int], timeout: float = 10.0) -> None:
+    """Wait until the worker processes stop using CPU (their prefetch is done)."""
+    deadline, last, still = time.perf_counter() + timeout, -1.0, 0
+    while time.perf_counter() < deadline and still < 2:
+        time.sleep(0.02)
+        now = sum(_proc_cpu_s(p) for p in pids)
+        still = still + 1 if now == last else 0
+        last = now
 
 
-def _time_reference(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+Parts = dict[str, Callable[[], None]]
+
+
+def _reference_parts(spec: dict[str, Any], images: torch.Tensor,
+                     labels: torch.Tensor) -> tuple[Parts, Any, list[int]]:
+    """The reference step as a callable; also its loader iterator (keep it alive) and the worker pids."""
     from reference_step import RotatedCIFAR, StandardCIFAR, build_reference, make_loader, reference_step
 
     student, teacher = _models(spec["pair"], spec["method"])
     setup = build_reference(spec["method"], student, teacher)
     hwc, lab = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy()
     dataset = RotatedCIFAR(hwc, lab, MEAN, STD) if spec["method"] == "pckd" else StandardCIFAR(hwc, lab, MEAN, STD)
-    loader = make_loader(dataset, spec["batch_size"], spec["ref_workers"])
-    it = iter(loader)
-    clock = Clock([w.pid for w in getattr(it, "_workers", [])])  # the DataLoader's worker processes
-    wall, cpu = [], []
-    for n in range(spec["warmup"] + spec["steps"]):
-        t0 = clock.now()
+    it = iter(make_loader(dataset, spec["batch_size"], spec["ref_workers"]))
+
+    def step() -> None:
         x, y, _ = next(it)
         reference_step(setup, x, y)
-        w, c = Clock.since(t0, clock.now())
-        if n >= spec["warmup"]:
-            wall.append(w)
-            cpu.append(c)
-    del it, loader  # stops the workers, so their peak memory is counted below
-    return {"step_s": wall, "step_cpu_s": cpu, "worker_peak_rss_mb": peak_rss_mb(resource.RUSAGE_CHILDREN)}
+
+    return {"step": step}, it, [w.pid for w in getattr(it, "_workers", [])]
 
 
-def _time_project(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+def _project_parts(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tensor, channels_last: bool,
+                   extras: bool) -> Parts:
+    """The trainer's step body as a callable (+ the bare networks and the teacher-mode timings if ``extras``)."""
     from pckd.data.augment import BatchAugment
     from pckd.data.loader import InMemoryLoader
     from pckd.engine.metrics import StepMeter
     from pckd.methods.base import method_registry
 
-    method, channels_last = spec["method"], spec["impl"] == "project+cl"
+    method = spec["method"]
     student, teacher = _models(spec["pair"], method)
     reg = method_registry()[method]
     distiller = reg.cls(student, teacher, reg.params(), 100)
@@ -163,11 +177,10 @@ def _time_project(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tens
     meter = StepMeter(torch.device("cpu"))
     distiller.train()
     it = iter(loader)
-    clock = Clock()
-    views = None
+    first = next(iter(loader))
+    views = first.augment.rotated_views(first.images, 4) if method == "pckd" else first.augment.standard(first.images)
 
-    def step() -> None:  # the trainer's step body, without the progress bar
-        nonlocal views
+    def step() -> None:  # the trainer's step body, without the progress bar and the log-interval read
         batch = next(it)
         out = distiller(batch, 1)
         total = out.total
@@ -175,16 +188,13 @@ def _time_project(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tens
         total.backward()
         opt.step()
         meter.update({**out.losses, "loss": total, **out.stats}, out.logits, batch.labels)
-        if views is None:  # the bare networks below run on views of this size
-            aug = batch.augment
-            views = aug.rotated_views(batch.images, 4) if method == "pckd" else aug.standard(batch.images)
 
-    def bare() -> None:  # the networks alone: student forward + backward, teacher forward without autograd
-        student.zero_grad(set_to_none=True)
-        student.forward_features(views).logits.float().mean().backward()
+    def bare() -> None:  # the networks alone: teacher forward without autograd, student forward + backward
         if teacher is not None:
             with torch.no_grad():
                 teacher.forward_features(views)
+        student.zero_grad(set_to_none=True)
+        student.forward_features(views).logits.float().mean().backward()
 
     def teacher_no_grad() -> None:
         with torch.no_grad():
@@ -195,30 +205,59 @@ def _time_project(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tens
             out = teacher.forward_features(views)
         type(out)([s.clone() for s in out.stages], out.pooled.clone(), out.logits.clone())
 
-    parts = {"step": step, "bare": bare}
-    if teacher is not None and spec["teacher_modes"]:
-        parts.update(teacher_no_grad=teacher_no_grad, teacher_inference_mode=teacher_inference_mode)
-    timings: dict[str, list[float]] = {}
-    for n in range(spec["warmup"] + spec["steps"]):
-        for name, fn in parts.items():  # alternated, so a change of the machine's load hits all parts alike
-            t0 = clock.now()
-            fn()
-            w, c = Clock.since(t0, clock.now())
-            if n >= spec["warmup"]:
-                timings.setdefault(f"{name}_s", []).append(w)
-                timings.setdefault(f"{name}_cpu_s", []).append(c)
-    meter.read()
-    return timings
+    parts = {"step": step}
+    if extras:
+        parts["bare"] = bare
+        if teacher is not None:
+            parts.update(teacher_no_grad=teacher_no_grad, teacher_inference_mode=teacher_inference_mode)
+    return parts
 
 
-def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+def run_timing(spec: dict[str, Any]) -> dict[str, Any]:
+    """All implementations of one (pair, method), one step of each per round."""
     torch.set_num_threads(spec["threads"])
     images, labels, source = load_train_images(spec["data_root"])
-    base_rss = peak_rss_mb()
-    timer = _time_reference if spec["impl"] == "reference" else _time_project
-    result = timer(spec, images, labels)
-    result.update(spec=spec, data=source, peak_rss_mb=peak_rss_mb(), rss_after_data_mb=base_rss)
-    return result
+    schedule: list[tuple[str, Callable[[], None], list[int]]] = []
+    keep_alive = []
+    for impl in spec["impls"]:
+        if impl == "reference":
+            parts, it, pids = _reference_parts(spec, images, labels)
+            keep_alive.append(it)
+        else:
+            parts, pids = _project_parts(spec, images, labels, impl == "project+cl", impl == "project"), []
+        schedule += [(f"{impl}/{name}", fn, pids) for name, fn in parts.items()]
+    timings: dict[str, list[float]] = {}
+    for n in range(spec["warmup"] + spec["steps"]):
+        for name, fn, pids in schedule:
+            clock = Clock(pids)
+            t0 = clock.now()
+            fn()
+            wall = time.perf_counter() - t0[0]
+            if pids:
+                _settle(pids)  # the workers' prefetch of the next batch belongs to this step's CPU time
+            cpu = clock.now()[1] - t0[1]
+            if n >= spec["warmup"]:
+                timings.setdefault(f"{name}_s", []).append(wall)
+                timings.setdefault(f"{name}_cpu_s", []).append(cpu)
+    del keep_alive
+    return {"spec": spec, "data": source, "timings": timings}
+
+
+def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
+    """Peak resident memory of one step of one implementation (the reference's workers separately)."""
+    torch.set_num_threads(spec["threads"])
+    images, labels, source = load_train_images(spec["data_root"])
+    after_data = peak_rss_mb()
+    workers = 0.0
+    if spec["impl"] == "reference":
+        parts, it, _ = _reference_parts(spec, images, labels)
+        parts["step"]()
+        del parts, it  # the last references: the workers stop, so their peak memory is counted
+        workers = peak_rss_mb(resource.RUSAGE_CHILDREN)
+    else:
+        _project_parts(spec, images, labels, spec["impl"] == "project+cl", False)["step"]()
+    return {"spec": spec, "data": source, "peak_rss_mb": peak_rss_mb(), "rss_after_data_mb": after_data,
+            "worker_peak_rss_mb": workers}
 
 
 # ---- augmentation throughput (runs in a subprocess) ------------------------------------------------------
@@ -274,114 +313,66 @@ def _fmt(x: float, digits: int = 1) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-def summarise(results: list[dict[str, Any]], batch_size: int) -> dict[tuple[str, str, str], dict[str, float]]:
-    """Medians over all timed steps of all repeats, per (pair, method, impl)."""
-    pooled: dict[tuple[str, str, str], dict[str, list[float]]] = {}
-    for r in results:
-        s = r["spec"]
-        row = pooled.setdefault((s["pair"], s["method"], s["impl"]), {})
-        for key, value in r.items():
-            if key.endswith("_s") and isinstance(value, list):
-                row.setdefault(key, []).extend(value)
-        row.setdefault("peak_rss_mb", []).append(r["peak_rss_mb"])
-        row.setdefault("worker_peak_rss_mb", []).append(r.get("worker_peak_rss_mb", 0.0))
+def summarise(timing: list[dict[str, Any]], memory: list[dict[str, Any]],
+              batch_size: int) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Medians per (pair, method, impl): step wall/CPU, img/s, epoch minutes, loss-side overhead, peak RSS."""
     steps_per_epoch = math.ceil(TRAIN_SIZE / batch_size)
-    out = {}
-    for key, row in pooled.items():
-        m = {k: _median(v) for k, v in row.items() if k.endswith("_s")}
-        step, cpu = m["step_s"], m["step_cpu_s"]
-        bare_cpu = m.get("bare_cpu_s", math.nan)
-        out[key] = {**m, "img_s": batch_size / step, "epoch_min": steps_per_epoch * step / 60,
-                    "overhead_pct": 100 * (cpu - bare_cpu) / cpu,
-                    "peak_rss_mb": max(row["peak_rss_mb"]), "worker_peak_rss_mb": max(row["worker_peak_rss_mb"])}
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
+    for r in timing:
+        pair, method = r["spec"]["pair"], r["spec"]["method"]
+        t = {k: _median(v) for k, v in r["timings"].items()}
+        for impl in r["spec"]["impls"]:
+            wall, cpu = t[f"{impl}/step_s"], t[f"{impl}/step_cpu_s"]
+            row = {"step_s": wall, "step_cpu_s": cpu, "img_s": batch_size / wall,
+                   "epoch_min": steps_per_epoch * wall / 60, "overhead_pct": math.nan}
+            if f"{impl}/bare_cpu_s" in t:
+                # paired per round (step and bare ran back to back), then the median of the rounds
+                steps, bares = r["timings"][f"{impl}/step_cpu_s"], r["timings"][f"{impl}/bare_cpu_s"]
+                row["overhead_pct"] = _median([100 * (s - b) / s for s, b in zip(steps, bares)])
+                row["bare_cpu_s"] = t[f"{impl}/bare_cpu_s"]
+            for mode in ("teacher_no_grad", "teacher_inference_mode"):
+                if f"{impl}/{mode}_cpu_s" in t:
+                    row[f"{mode}_cpu_s"] = t[f"{impl}/{mode}_cpu_s"]
+            out[(pair, method, impl)] = row
+    for m in memory:
+        s = m["spec"]
+        out.setdefault((s["pair"], s["method"], s["impl"]), {}).update(
+            peak_rss_mb=m["peak_rss_mb"], worker_peak_rss_mb=m["worker_peak_rss_mb"])
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=2, help="timed steps per subprocess")
-    p.add_argument("--repeats", type=int, default=1, help="subprocesses per configuration (interleaved)")
-    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
-    p.add_argument("--ref-workers", type=int, default=max(1, os.cpu_count() or 1), help="reference DataLoader workers")
-    p.add_argument("--aug-iters", type=int, default=30, help="batches for the augmentation benchmark")
-    p.add_argument("--skip-steps", action="store_true")
-    p.add_argument("--skip-augmentation", action="store_true")
-    p.add_argument("--no-teacher-modes", action="store_true", help="skip the no_grad / inference_mode timing")
-    p.add_argument("--data-root", default=os.environ.get("PCKD_TEST_DATA", "./data"))
-    p.add_argument("--out", type=Path, default=None, help="write every measurement as JSON")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--augmentation", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.worker:
-        print(json.dumps(run_worker(json.loads(args.worker))))
-        return 0
-    if args.augmentation:
-        print(json.dumps(run_augmentation(json.loads(args.augmentation))))
-        return 0
-
-    started = time.perf_counter()
-    common = {"batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
-              "ref_workers": args.ref_workers, "data_root": args.data_root, "teacher_modes": not args.no_teacher_modes}
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": args.threads}
-    print(f"machine: {machine}", flush=True)
-    results: list[dict[str, Any]] = []
-    if not args.skip_steps:
-        for pair in args.pairs:
-            for method in args.methods:
-                for rep in range(args.repeats):
-                    for impl in args.impls:  # interleaved, so slow drifts of the machine's load hit all alike
-                        r = _subprocess("worker", {**common, "pair": pair, "method": method, "impl": impl})
-                        results.append(r)
-                        print(f"  {pair} {method:4s} {impl:10s} step {_median(r['step_s']):7.3f} s wall, "
-                              f"{_median(r['step_cpu_s']):7.3f} s CPU, peak {r['peak_rss_mb']:6.0f} MB", flush=True)
-    aug = None if args.skip_augmentation else _subprocess("augmentation", {**common, "aug_iters": args.aug_iters})
-    report = render(summarise(results, args.batch_size) if results else {}, aug, args, machine)
-    print(report)
-    print(f"total wall time {time.perf_counter() - started:.0f} s")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"machine": machine, "settings": vars(args) | {"out": str(args.out)},
-                                        "results": results, "augmentation": aug}, indent=1, default=str) + "\n")
-    return 0
-
-
 def render(table: dict[tuple[str, str, str], dict[str, float]], aug: dict[str, Any] | None,
-           args: argparse.Namespace, machine: dict[str, Any]) -> str:
-    """Markdown tables: per configuration, then project / reference ratios, then augmentation."""
+           args: argparse.Namespace) -> str:
+    """Markdown: per configuration, then project / reference ratios, then augmentation."""
     lines = []
-    order = sorted(table, key=lambda k: (k[0], METHODS.index(k[1]), IMPLS.index(k[2])))
     if table:
         lines += ["", "| pair | method | implementation | step wall (s) | img/s | epoch (min) | step CPU (s) | "
                       "loss-side overhead (CPU) | peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|"]
-        for pair, method, impl in order:
+        for pair, method, impl in sorted(table, key=lambda k: (k[0], METHODS.index(k[1]), IMPLS.index(k[2]))):
             r = table[(pair, method, impl)]
-            over = "n/a" if math.isnan(r["overhead_pct"]) else f"{r['overhead_pct']:.1f}%"
-            rss = _fmt(r["peak_rss_mb"], 0)
+            over = "" if math.isnan(r.get("overhead_pct", math.nan)) else f"{r['overhead_pct']:.1f}%"
+            rss = _fmt(r.get("peak_rss_mb", math.nan), 0)
             if impl == "reference":
-                rss += f" + workers {_fmt(r['worker_peak_rss_mb'], 0)}"
-            lines.append(f"| {pair} | {method} | {impl} | {_fmt(r['step_s'], 3)} | {_fmt(r['img_s'])} | "
-                         f"{_fmt(r['epoch_min'])} | {_fmt(r['step_cpu_s'], 3)} | {over} | {rss} |")
-        lines += ["", "| pair | method | speed-up wall: project, project+cl | speed-up CPU: project, project+cl | "
-                      "peak RSS project / reference | teacher fwd CPU s: no_grad, inference_mode+clone |",
+                rss += f" (+ workers {_fmt(r.get('worker_peak_rss_mb', math.nan), 0)} each)"
+            lines.append(f"| {pair} | {method} | {impl} | {_fmt(r.get('step_s', math.nan), 3)} | "
+                         f"{_fmt(r.get('img_s', math.nan))} | {_fmt(r.get('epoch_min', math.nan))} | "
+                         f"{_fmt(r.get('step_cpu_s', math.nan), 3)} | {over} | {rss} |")
+        lines += ["", "| pair | method | speed-up (wall): project, project+cl | speed-up (CPU): project, project+cl | "
+                      "peak RSS project / reference | teacher forward CPU (s): no_grad, inference_mode + clone |",
                   "|---|---|---|---|---|---|"]
         for pair in args.pairs:
             for method in args.methods:
-                ref = table.get((pair, method, "reference"))
-                if not ref:
+                ref = table.get((pair, method, "reference"), {})
+                if "step_s" not in ref:
                     continue
-                proj = [table.get((pair, method, i)) for i in IMPLS[1:]]
-                wall = ", ".join(_fmt(ref["step_s"] / p["step_s"], 2) + "x" if p else "n/a" for p in proj)
-                cpu = ", ".join(_fmt(ref["step_cpu_s"] / p["step_cpu_s"], 2) + "x" if p else "n/a" for p in proj)
-                mem = _fmt(proj[0]["peak_rss_mb"] / ref["peak_rss_mb"], 2) if proj[0] else "n/a"
+                proj = [table.get((pair, method, i), {}) for i in IMPLS[1:]]
+                wall = ", ".join(f"{ref['step_s'] / p['step_s']:.2f}x" if "step_s" in p else "n/a" for p in proj)
+                cpu = ", ".join(f"{ref['step_cpu_s'] / p['step_cpu_s']:.2f}x" if "step_s" in p else "n/a" for p in proj)
+                mem = (f"{proj[0]['peak_rss_mb'] / ref['peak_rss_mb']:.2f}"
+                       if "peak_rss_mb" in proj[0] and "peak_rss_mb" in ref else "n/a")
                 teach = "n/a"
-                if proj[0] and "teacher_no_grad_cpu_s" in proj[0]:
-                    teach = f"{_fmt(proj[0]['teacher_no_grad_cpu_s'], 3)}, {_fmt(proj[0]['teacher_inference_mode_cpu_s'], 3)}"
+                if "teacher_no_grad_cpu_s" in proj[0]:
+                    teach = f"{proj[0]['teacher_no_grad_cpu_s']:.3f}, {proj[0]['teacher_inference_mode_cpu_s']:.3f}"
                 lines.append(f"| {pair} | {method} | {wall} | {cpu} | {mem} | {teach} |")
     if aug:
         lines += ["", "| augmentation | batch (img/s) | per-sample, 1 process (img/s) | DataLoader, "
@@ -394,6 +385,68 @@ def render(table: dict[tuple[str, str, str], dict[str, float]], aug: dict[str, A
                          f"{a['batch_img_s'] / a['dataloader_img_s']:.1f}x |")
         lines.append(f"(augmentation data: {aug['data']}; rotated x4 counts source images, 4 views each)")
     return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds")
+    p.add_argument("--steps", type=int, default=2, help="timed rounds (one step of each implementation each)")
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1))
+    p.add_argument("--ref-workers", type=int, default=max(1, os.cpu_count() or 1), help="reference DataLoader workers")
+    p.add_argument("--aug-iters", type=int, default=30, help="batches for the augmentation benchmark")
+    p.add_argument("--skip-steps", action="store_true")
+    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--skip-augmentation", action="store_true")
+    p.add_argument("--data-root", default=os.environ.get("PCKD_TEST_DATA", "./data"))
+    p.add_argument("--out", type=Path, default=None, help="write every measurement as JSON")
+    for hidden in ("--timing", "--memory", "--augmentation"):
+        p.add_argument(hidden, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for kind, fn in (("timing", run_timing), ("memory", run_memory), ("augmentation", run_augmentation)):
+        if getattr(args, kind):
+            print(json.dumps(fn(json.loads(getattr(args, kind)))))
+            return 0
+
+    started = time.perf_counter()
+    common = {"batch_size": args.batch_size, "warmup": args.warmup, "steps": args.steps, "threads": args.threads,
+              "ref_workers": args.ref_workers, "data_root": args.data_root}
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+               "python": platform.python_version(), "threads": args.threads}
+    print(f"machine: {machine}", flush=True)
+    timing, memory = [], []
+    for pair in args.pairs if not args.skip_steps else []:
+        for method in args.methods:
+            r = _subprocess("timing", {**common, "pair": pair, "method": method, "impls": args.impls})
+            timing.append(r)
+            t = {k: _median(v) for k, v in r["timings"].items()}
+            print(f"  {pair} {method:4s} " + "  ".join(
+                f"{i} {t[f'{i}/step_s']:.3f} s ({t[f'{i}/step_cpu_s']:.3f} CPU)" for i in args.impls), flush=True)
+            for impl in args.impls if not args.skip_memory else []:
+                memory.append(_subprocess("memory", {**common, "pair": pair, "method": method, "impl": impl}))
+    aug = None if args.skip_augmentation else _subprocess("augmentation", {**common, "aug_iters": args.aug_iters})
+    print(render(summarise(timing, memory, args.batch_size), aug, args))
+    print(f"\ntotal wall time {time.perf_counter() - started:.0f} s")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                    if k not in ("timing", "memory", "augmentation")}
+        args.out.write_text(json.dumps({"machine": machine, "settings": settings, "timing": timing,
+                                        "memory": memory, "augmentation": aug}, indent=1) + "\n")
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
