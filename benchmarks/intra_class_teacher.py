@@ -14,7 +14,7 @@ slice (the images a student is later distilled on) and on the test slice:
 Prints a Markdown table and writes everything (settings, machine, metrics) as JSON to --out.
 This is a measurement script, not a test; e.g.
 
-    PCKD_TEST_DATA=/work/shared/data python benchmarks/intra_class_teacher.py --classes 20 --epochs 4 \
+    PCKD_TEST_DATA=../shared/data python benchmarks/intra_class_teacher.py --classes 20 --epochs 4 \
         --out runs/benchmarks/intra_class_teacher.json
 """
 

@@ -123,7 +123,7 @@ def build(cfg: Any) -> Built:
     spec = method_registry()[cfg.method]
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
     teacher = None
-    if spec.cls.needs_teacher:
+    if spec.cls.uses_teacher(method_params(cfg)):
         if not cfg.teacher.checkpoint:
             raise UserError(
                 f"method={cfg.method} needs a trained teacher: set teacher.checkpoint=PATH "

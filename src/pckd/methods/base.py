@@ -66,6 +66,11 @@ class Distiller(nn.Module):
             teacher.eval()
             teacher.requires_grad_(False)
 
+    @classmethod
+    def uses_teacher(cls, params: Any) -> bool:
+        """Whether a run with these hyper-parameters needs a teacher (default: ``needs_teacher``)."""
+        return cls.needs_teacher
+
     # ---- teacher -----------------------------------------------------------------------------------------
     @property
     def teacher(self) -> nn.Module | None:

@@ -432,6 +432,11 @@ class PCKD(Distiller):
         self._records: dict[str, list[Tensor]] = {k: [] for k in ("index", "label", "difficulty", "weight")}
         self.history: dict[str, Any] = {"probe_indices": [], "probe_groups": [], "epochs": []}
 
+    @classmethod
+    def uses_teacher(cls, params: PCKDParams) -> bool:
+        """Only the CE-only ablations (every distillation weight 0, Tables VI/VII) run without a teacher."""
+        return any(getattr(params, k) > 0 for k in ("kd_weight", "ccc_weight", "fa_weight", "ca_weight"))
+
     @staticmethod
     def _stacked_shape(model: nn.Module) -> tuple[int, int]:
         w, b = centres(model)  # type: ignore[arg-type]
