@@ -41,3 +41,23 @@ def zoo_reference(shared_data: Path) -> dict:
 def _small_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="module")
+def random_teacher(tmp_path_factory) -> Path:
+    """A resnet8 (10 classes) teacher straight from its seeded random init: enough where only equality matters."""
+    from pckd.models import create_model
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
+    torch.save(create_model("resnet8", 10).state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread, for tests made of many tiny ops where two threads only spin against each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -31,17 +31,6 @@ REL = 1e-4
 
 
 # ---- end to end through the command line --------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def random_teacher(tmp_path_factory) -> Path:
-    """A resnet8 teacher straight from its seeded random init: enough for loss equality."""
-    from pckd.models import create_model
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save(create_model("resnet8", 10).state_dict(), path)
-    return path
-
-
 def _overrides(shared_data: Path, teacher: Path, out: Path, epochs: int, extra: list[str]) -> list[str]:
     return [
         "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={teacher}", "data.name=cifar100",

@@ -38,16 +38,6 @@ pytestmark = pytest.mark.slow
 TERMS = ("ce", "kd", "ccc", "fa", "ca", "loss")
 
 
-@pytest.fixture(scope="module")
-def random_teacher(tmp_path_factory) -> Path:
-    from pckd.models import create_model
-
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("teacher") / "resnet8.pt"
-    torch.save(create_model("resnet8", 10).state_dict(), path)
-    return path
-
-
 def _run(shared_data: Path, teacher: Path, out: Path, flags: list[str]) -> tuple[dict, torch.Tensor, Trainer]:
     """One PCKD step (64 images = 256 views) plus a small evaluation; returns the step's metrics, the update
     of all trainable weights (flattened) and the trainer."""

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 # A run small enough for a test, long enough (90 steps per epoch) for a signal to land mid-epoch.
 TINY_RUN = """\
@@ -17,15 +16,6 @@ data: {name: digits, test_limit: 60}
 train: {epochs: 2, batch_size: 16, eval_batch_size: 60, lr: 0.05, schedule: cosine, device: cpu,
         progress: false, log_interval: 2, eval_teacher: false}
 """
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: the machine is shared, and two threads only spin against each other here."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()
@@ -43,3 +33,9 @@ def subprocess_env() -> dict[str, str]:
 def pckd_command(*args: str) -> list[str]:
     """``pckd ARGS`` run with this interpreter (the same installation the tests import)."""
     return [sys.executable, "-m", "pckd", *args]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every robustness test runs with one intra-op thread (see tests/conftest.py)."""
+    yield
