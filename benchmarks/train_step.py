@@ -20,7 +20,8 @@ Implementations:
               weights broadcast through a Python list of ``.item()`` reads, student forward before the
               teacher's (fp32, NCHW);
   project     the project's step as the trainer runs it (in-memory loader, batch augmentation on the training
-              device, ``Distiller`` forward, summed losses, SGD), fp32, default flags;
+              device, ``Distiller`` forward, summed losses, SGD), fp32, default flags (so the frozen teacher
+              runs with its BatchNorms folded and, on CPU, channels_last; the student in NCHW);
   project+cl  the same with ``train.channels_last=true``.
 
 Each round also times, for ``project``, the *bare* networks on the same views (student forward + backward of
@@ -159,13 +160,17 @@ def _reference_parts(spec: dict[str, Any], images: torch.Tensor,
 def _project_parts(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tensor, channels_last: bool,
                    extras: bool) -> Parts:
     """The trainer's step body as a callable (+ the bare networks and the teacher-mode timings if ``extras``)."""
+    from pckd.config_schema import TrainConfig
     from pckd.data.augment import BatchAugment
     from pckd.data.loader import InMemoryLoader
+    from pckd.engine.build import prepare_teacher
     from pckd.engine.metrics import StepMeter
     from pckd.methods.base import method_registry
 
     method = spec["method"]
     student, teacher = _models(spec["pair"], method)
+    if teacher is not None:  # as the trainer runs it: BatchNorms folded, channels_last on CPU (defaults)
+        teacher = prepare_teacher(teacher, TrainConfig(channels_last=channels_last), 32, torch.device("cpu"))
     reg = method_registry()[method]
     distiller = reg.cls(student, teacher, reg.params(), 100)
     if channels_last:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from typing import Any, Callable
@@ -124,19 +125,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _say(line: str) -> None:
+    """Write one line to stderr in a single write, so lines from several ranks sharing a pipe never interleave."""
+    data = f"{line}\n"
+    sys.stderr.flush()
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a captured stream without a file descriptor
+        sys.stderr.write(data)
+        sys.stderr.flush()
+        return
+    os.write(fd, data.encode(sys.stderr.encoding or "utf-8", errors="replace"))
+
+
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     from pckd.engine.trainer import TrainingStopped
 
     try:
         return func(args)
     except UserError as exc:
-        print(f"pckd: error: {exc}", file=sys.stderr)
+        _say(f"pckd: error: {exc}")
         return exc.exit_code
     except TrainingStopped as exc:
-        print(f"pckd: {exc}", file=sys.stderr)
+        _say(f"pckd: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("pckd: aborted", file=sys.stderr)
+        _say("pckd: aborted")
         return 130
 
 

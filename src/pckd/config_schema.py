@@ -57,6 +57,8 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; losses in float32)
     channels_last: bool = False
     compile: bool = False  # torch.compile the student's forward
+    teacher_fold_bn: bool = True  # fold the frozen teacher's BatchNorms into its convolutions (outputs within 1e-4)
+    teacher_channels_last: Optional[bool] = None  # teacher forward in channels_last; unset: on for CPU, else = channels_last
     sync_bn: bool = True  # under torchrun: BatchNorm statistics over the global batch (as in one process)
     log_interval: int = 50  # steps between host reads of the device-side metrics
     on_nonfinite: str = "stop"  # stop | skip_step

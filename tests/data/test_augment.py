@@ -147,3 +147,27 @@ def test_cuda_matches_reference_and_stays_on_device():
     left = torch.randint(0, 9, (256,), device="cuda")
     ref = rotated_crops(x.cpu(), flip.cpu(), top.cpu(), left.cpu(), 4, 4)
     torch.testing.assert_close(out.cpu(), _normalised(ref), rtol=0, atol=1e-5)
+
+
+def test_rotate_copies_order_is_image_major():
+    """PreAugmented's rotated views: row n*i + j is image i rotated by j*90 degrees, for several images."""
+    from pckd.data.augment import rotate_copies
+
+    x = _images(5, 6, 6)
+    out = rotate_copies(x, 4)
+    assert out.shape == (20, 3, 6, 6)
+    for i in range(5):
+        for j in range(4):
+            assert torch.equal(out[4 * i + j], torch.rot90(x[i], j, dims=(1, 2)))
+
+
+def test_flip_where_mirrors_exactly_the_flagged_images():
+    from pckd.data.augment import flip_where
+
+    x = _images(6)
+    flags = torch.tensor([True, False, False, True, True, False])
+    out = flip_where(x, flags)
+    for i in range(6):
+        assert torch.equal(out[i], x[i].flip(-1) if flags[i] else x[i])
+    floats = x.float()
+    assert torch.equal(flip_where(floats, flags), out.float())

