@@ -139,3 +139,16 @@ def test_timm_model_is_wrapped_without_weights() -> None:
     assert out.pooled.shape == (1, 512) and out.logits.shape == (1, 10)
     with pytest.raises(UserError, match="never downloads weights"):
         create_model("timm.resnet18", num_classes=10, pretrained=True)
+
+
+def test_feature_shapes_reads_stage_shapes_without_touching_state() -> None:
+    from pckd.models.interface import feature_shapes
+
+    model = create_model("resnet8x4", 100).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    shapes = feature_shapes(model)
+    assert shapes.stages == [(32, 32, 32), (64, 32, 32), (128, 16, 16), (256, 8, 8)]
+    assert shapes.pooled == 256 and shapes.logits == 100
+    assert model.training and torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BN statistics untouched

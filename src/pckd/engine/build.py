@@ -155,7 +155,8 @@ def build(cfg: Any) -> Built:
             )
         teacher = build_network(cfg.teacher, "teacher", data.num_classes, data.input_size)
         teacher = prepare_teacher(teacher, cfg.train, data.input_size, device)
-    distiller = spec.cls(student, teacher, method_params(cfg), data.num_classes).to(device)
+    extra = {"train_size": data.train_size} if spec.cls.wants_train_size else {}
+    distiller = spec.cls(student, teacher, method_params(cfg), data.num_classes, **extra).to(device)
     if cfg.train.channels_last:
         distiller.to(memory_format=torch.channels_last)
     trainable = [p for p in distiller.parameters() if p.requires_grad]

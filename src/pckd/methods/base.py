@@ -54,6 +54,9 @@ class Distiller(nn.Module):
     """
 
     needs_teacher: ClassVar[bool] = True
+    # Methods with per-sample memory (CRD's memory bank) set this; they are then built with an extra keyword
+    # argument ``train_size`` (the number of training images; ``Batch.index`` lies in [0, train_size)).
+    wants_train_size: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: Any, num_classes: int) -> None:
         super().__init__()

@@ -14,7 +14,6 @@ No KL/KD term: the released code trains with CE + contrast only.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +24,7 @@ from pckd.data.batch import Batch
 from pckd.engine.distributed import all_gather_rows, is_distributed
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import no_autocast
 
 NEGATIVES = ("teacher_student", "student_student")
 
@@ -33,13 +33,6 @@ def _float_compute(*tensors: Tensor) -> tuple[Tensor, ...]:
     """Cast to at least float32 (half/bf16 -> float32, float64 stays float64) so the loss is never low-precision."""
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
     return tuple(t.to(dtype) for t in tensors)
-
-
-def no_autocast(t: Tensor) -> AbstractContextManager:
-    """Disable autocast around a loss so its matmuls run in the inputs' (float32+) precision."""
-    if t.device.type in ("cuda", "cpu", "xpu", "mps") and torch.is_autocast_enabled(t.device.type):
-        return torch.autocast(device_type=t.device.type, enabled=False)
-    return nullcontext()
 
 
 def _check_negatives(negatives: str) -> None:

@@ -26,7 +26,7 @@ from pckd.data.batch import Batch
 from pckd.engine.distributed import all_gather_cat
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
-from pckd.methods.ckd import no_autocast
+from pckd.methods.precision import no_autocast
 
 MARGIN_MODES = ("gate", "none")
 

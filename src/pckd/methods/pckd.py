@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.engine.distributed import all_gather_rows, global_mean, is_distributed, is_main_process
+from pckd.engine.distributed import (
+    all_gather_rows,
+    global_mean,
+    is_distributed,
+    is_main_process,
+)
 from pckd.errors import UserError
 from pckd.methods import kd as _kd
 from pckd.methods.base import Distiller, EpochWriter, StepOutput, register_method
@@ -624,7 +629,9 @@ class PCKD(Distiller):
 
     def _plot_history(self, path: Path) -> None:
         """Fig. 6-style plot: probe-sample weights and the mean weight of easy / hard samples per epoch."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg  # Agg, without touching pyplot's state
+        from matplotlib.backends.backend_agg import (
+            FigureCanvasAgg,  # Agg, without touching pyplot's state
+        )
         from matplotlib.figure import Figure
 
         h = self.history

@@ -50,4 +50,33 @@ def centres(model: FeatureModel, detach: bool = False) -> tuple[Tensor, Tensor |
     return w, b
 
 
-__all__ = ["FeatureOutput", "FeatureModel", "centres", "torch"]
+class FeatureShapes(NamedTuple):
+    """Shapes of one sample's features (no batch dimension), as methods need them to size their heads."""
+
+    stages: list[tuple[int, ...]]  # (C, H, W) of each stage, stem first
+    pooled: int
+    logits: int
+
+
+def feature_shapes(model: nn.Module, input_size: int | None = None) -> FeatureShapes:
+    """Run ``model`` once on two random images to read its feature shapes.
+
+    The side defaults to ``model.input_size`` (every zoo/registry model has it), else 224. The model runs in
+    eval mode without autograd (its BatchNorm statistics are not touched) and its mode is restored; the random
+    images come from a private generator, so the global RNG (and hence a seeded run) is not disturbed.
+    """
+    side = int(input_size or getattr(model, "input_size", 224))
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    probe = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.forward_features(probe)
+    finally:
+        model.train(was_training)
+    return FeatureShapes([tuple(s.shape[1:]) for s in out.stages], int(out.pooled.shape[1]), int(out.logits.shape[1]))
+
+
+__all__ = ["FeatureOutput", "FeatureModel", "FeatureShapes", "centres", "feature_shapes", "torch"]

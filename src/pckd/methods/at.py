@@ -1,0 +1,147 @@
+"""Attention transfer (`at`; Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
+
+The student matches the teacher's spatial attention maps at every intermediate stage. As implemented (following
+RepDistiller's ``distiller_zoo/AT.py`` and ``train_student.py``):
+
+* attention map of a feature map ``f`` [B, C, H, W]: ``a(f) = normalize_L2( mean_c |f_c|^p )`` flattened to
+  [B, H*W], each row L2-normalised (p = 2);
+* per stage: ``L = mean_{b, hw} (a(f_s) - a(f_t))^2`` (the mean runs over the batch *and* the H*W positions,
+  as RepDistiller's ``(at(f_s) - at(f_t)).pow(2).mean()``);
+* the stages are ``stages[1:]`` (RepDistiller's ``feat[1:-1]``: every stage output after the stem) and their
+  losses are summed: ``L_AT = sum_stages L``.
+
+Total loss: ``ce_weight * CE + at_weight * L_AT`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 1000``
+(CE 1, no KD term, beta 1000, same for every pair).
+
+Channel counts may differ (the map averages over channels). Different spatial sizes are handled as in
+RepDistiller: the larger map is adaptive-average-pooled to the smaller one's size *before* the attention map
+is taken (needed for the paper's cross-architecture pairs, e.g. vgg13 -> MobileNetV2 or resnet32x4 ->
+ShuffleV1). Student and teacher must expose the same number of stages; otherwise the construction fails with a
+:class:`UserError` naming both stage-shape lists (RepDistiller would silently truncate with ``zip``).
+
+No batch statistics are involved, so under DDP each rank's loss is an exact shard of the global-batch loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import no_autocast
+from pckd.models.interface import feature_shapes
+
+
+def as_float(t: Tensor) -> Tensor:
+    """At least float32 (half/bf16 -> float32; float64 stays float64) so the loss is never low-precision."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Adaptive-average-pool whichever map is larger down to the smaller (H, W) (RepDistiller's rule)."""
+    h, w = min(f_s.shape[2], f_t.shape[2]), min(f_s.shape[3], f_t.shape[3])
+    if tuple(f_s.shape[2:]) != (h, w):
+        f_s = F.adaptive_avg_pool2d(f_s, (h, w))
+    if tuple(f_t.shape[2:]) != (h, w):
+        f_t = F.adaptive_avg_pool2d(f_t, (h, w))
+    return f_s, f_t
+
+
+def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
+    """``normalize_L2(mean_c |f|^p)`` of a [B, C, H, W] map, flattened to [B, H*W] (rows of unit L2 norm).
+
+    ``|f|^p`` is the paper's definition; for the default p = 2 it equals RepDistiller's ``f.pow(2)``.
+    """
+    return F.normalize(f.abs().pow(p).mean(dim=1).flatten(1), dim=1)
+
+
+def at_stage_loss(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
+    """AT loss of one stage (0-dim): mean over batch and positions of the squared attention-map difference.
+
+    Maps of different spatial size are first pooled to the smaller size (:func:`match_spatial`). Computed in
+    float32 (float64 inputs stay float64) with autocast disabled.
+    """
+    with no_autocast(f_s):
+        f_s, f_t = match_spatial(as_float(f_s), as_float(f_t))
+        return (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
+
+
+def at_loss(stages_s: list[Tensor], stages_t: list[Tensor], p: float = 2.0) -> Tensor:
+    """Sum of :func:`at_stage_loss` over paired stages (equal-length lists)."""
+    if len(stages_s) != len(stages_t):
+        raise ValueError(f"at_loss needs as many student as teacher stages, got {len(stages_s)} and {len(stages_t)}")
+    return torch.stack([at_stage_loss(s, t, p) for s, t in zip(stages_s, stages_t)]).sum()
+
+
+@dataclass
+class ATParams:
+    """Hyper-parameters of `at` (config section ``at.*``); defaults are RepDistiller's CIFAR-100 settings."""
+
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
+    at_weight: float = 1000.0  # beta: weight of the summed attention-transfer loss (RepDistiller -b 1000)
+    p: float = 2.0  # exponent of the activations in the attention map (RepDistiller Attention(p=2))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        if self.ce_weight < 0:
+            raise UserError(f"at.ce_weight must be >= 0, got {self.ce_weight}")
+        if self.at_weight < 0:
+            raise UserError(f"at.at_weight must be >= 0, got {self.at_weight}")
+        if not self.p > 0:
+            raise UserError(f"at.p must be > 0, got {self.p}")
+
+
+def check_paired_stages(method: str, student: nn.Module, teacher: nn.Module) -> None:
+    """UserError unless student and teacher expose the same number (>= 2) of stages, each after the stem a
+    (C, H, W) map; the message names both shape lists.
+
+    Shared by the stage-wise methods (``at``, ``nst``) that pair ``stages[1:]`` one to one.
+    """
+    shapes_s, shapes_t = feature_shapes(student).stages, feature_shapes(teacher).stages
+    if len(shapes_s) < 2 or len(shapes_t) < 2:
+        raise UserError(
+            f"{method} needs at least two feature stages (stem + one stage) in student and teacher, got student "
+            f"stages {shapes_s} and teacher stages {shapes_t}"
+        )
+    if any(len(shape) != 3 for shape in shapes_s[1:] + shapes_t[1:]):
+        raise UserError(
+            f"{method} needs (C, H, W) feature maps at every stage after the stem, got student stages {shapes_s} and "
+            f"teacher stages {shapes_t}; use convolutional models"
+        )
+    if len(shapes_s) != len(shapes_t):
+        raise UserError(
+            f"{method} pairs student and teacher stages one to one, but the student has {len(shapes_s)} stages "
+            f"{shapes_s} and the teacher {len(shapes_t)} stages {shapes_t}; choose a pair with equally many stages"
+        )
+
+
+@register_method("at", ATParams, "attention transfer: CE + beta * sum over stages of attention-map MSE")
+class AT(Distiller):
+    """CE + ``at_weight`` x sum over ``stages[1:]`` of the attention-map loss; no trainable heads."""
+
+    params: ATParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ATParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "at needs a teacher"
+        check_paired_stages("at", student, teacher)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
+        feats_s = self.student.forward_features(x)
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "at": p.at_weight * at_loss(feats_s.stages[1:], feats_t.stages[1:], p.p),
+        }
+        return StepOutput(logits=feats_s.logits, losses=losses)

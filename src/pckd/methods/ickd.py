@@ -1,0 +1,119 @@
+"""Inter-Channel Correlation KD (`ickd`; Liu et al., "Exploring Inter-Channel Correlation for Diversity-preserved
+Knowledge Distillation", ICCV 2021). Defaults follow the released CIFAR-100 code (ADLab-AutoDrive/ICKD,
+``Cifar100/distiller_zoo/ICKD.py``, ``helper/loops.py``, ``train_student.py``, ``README.md``).
+
+As implemented:
+
+* the student's last stage map ``F_s`` ([B, C_s, H_s, W_s]; RepDistiller's ``feat[-2]``) goes through a trainable
+  embedding, a 1x1 convolution without bias to the teacher's channel count ``C_t`` followed by BatchNorm2d
+  (the released ``Embed``); the teacher's last stage map ``F_t`` is used as is;
+* per sample, each map is flattened over space (``f`` = [C, H*W]) and its channel Gram matrix ``G = f f^T``
+  ([C, C]) is normalised row-wise to unit L2 norm (``F.normalize(G, dim=2)``);
+* ``L_ickd = sum_{b, i, j} (G^s_bij - G^t_bij)^2 / (C_t * B)``;
+* total: ``ce_weight * CE + kd_weight * KD_T + ickd_weight * L_ickd`` with the README's "ICKD-C" recipe
+  ``-r 1 -a 1 -b 2.5`` (KD with T = 4); ``kd_weight = 0`` gives its "ICKD-C (w/o KL)" row (``-a 0 -b 2.5``).
+
+Differing spatial sizes need no resizing: each Gram matrix is C_t x C_t whatever H*W is, and the row
+normalisation removes the scale that depends on H*W (the released code does the same, no interpolation).
+
+DDP: the loss is a per-sample sum divided by the local batch, so DDP's gradient average is the global-batch mean;
+the embedding's BatchNorm uses local statistics unless ``train.sync_bn`` converts it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.kd import kd_loss
+from pckd.methods.precision import no_autocast
+from pckd.models.interface import feature_shapes
+
+
+# ---- pure functions -------------------------------------------------------------------------------------
+def channel_gram(feature: Tensor) -> Tensor:
+    """Row-normalised channel Gram matrices: [B, C, H, W] -> [B, C, C], ``normalize(f f^T, dim=2)`` per sample.
+
+    Computed in float32 (float64 inputs stay float64) with autocast disabled.
+    """
+    dtype = torch.promote_types(feature.dtype, torch.float32)
+    with no_autocast(feature):
+        f = feature.to(dtype).flatten(2)  # [B, C, H*W]
+        return F.normalize(f @ f.transpose(1, 2), dim=2)
+
+
+def ickd_loss(student_map: Tensor, teacher_map: Tensor) -> Tensor:
+    """``sum (G_s - G_t)^2 / (C * B)`` of the row-normalised channel Gram matrices (0-dim).
+
+    student_map: [B, C, H_s, W_s], already embedded to the teacher's channel count; teacher_map:
+    [B, C, H_t, W_t] (the spatial sizes may differ).
+    """
+    if student_map.shape[:2] != teacher_map.shape[:2]:
+        raise ValueError(f"ickd: batch/channels differ: {tuple(student_map.shape)} vs {tuple(teacher_map.shape)}")
+    b, c = student_map.shape[:2]
+    diff = channel_gram(student_map) - channel_gram(teacher_map)
+    return diff.pow(2).sum() / (c * b)
+
+
+# ---- hyper-parameters -------------------------------------------------------------------------------------
+@dataclass
+class ICKDParams:
+    """Hyper-parameters of `ickd` (config section ``ickd.*``; the released CIFAR-100 recipe)."""
+
+    ce_weight: float = 1.0  # -r: weight of the cross-entropy
+    kd_weight: float = 1.0  # -a: weight of Hinton KD ("ICKD-C" row: 1; "w/o KL" row: 0)
+    ickd_weight: float = 2.5  # -b: weight of the inter-channel correlation loss
+    temperature: float = 4.0  # --kd_T, used only when kd_weight > 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        if not self.temperature > 0:
+            raise UserError(f"ickd.temperature must be > 0, got {self.temperature}")
+        for key in ("ce_weight", "kd_weight", "ickd_weight"):
+            if getattr(self, key) < 0:
+                raise UserError(f"ickd.{key} must be >= 0, got {getattr(self, key)}")
+
+
+# ---- the method -------------------------------------------------------------------------------------------
+class ChannelEmbed(nn.Sequential):
+    """1x1 convolution (no bias) + BatchNorm2d: the released code's ``Embed`` of the student's last map."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__(nn.Conv2d(c_in, c_out, kernel_size=1, bias=False), nn.BatchNorm2d(c_out))
+
+
+@register_method("ickd", ICKDParams, "inter-channel correlation KD: CE + KD + MSE of channel Gram matrices")
+class ICKD(Distiller):
+    """CE + KD + ``ickd_weight`` x the distance between student and teacher channel correlations."""
+
+    params: ICKDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ICKDParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "ickd needs a teacher"
+        c_s = feature_shapes(student).stages[-1][0]
+        c_t = feature_shapes(teacher).stages[-1][0]
+        self.embed = ChannelEmbed(c_s, c_t)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t_out = self.teacher_features(x)  # teacher first: see PCKD.forward_train
+        s_out = self.student.forward_features(x)
+        logits = s_out.logits
+        losses = {"ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels)}
+        if p.kd_weight > 0:
+            losses["kd"] = p.kd_weight * kd_loss(logits, t_out.logits, p.temperature)
+        embedded = self.embed(s_out.stages[-1])
+        losses["ickd"] = p.ickd_weight * ickd_loss(embedded, t_out.stages[-1])
+        return StepOutput(logits=logits, losses=losses)

@@ -1,0 +1,114 @@
+"""Neuron selectivity transfer (`nst`; Huang & Wang, 2017, "Like What You Like").
+
+The student's channels ("neurons"), seen as distributions over spatial positions, are matched to the teacher's
+by the squared maximum mean discrepancy with a polynomial kernel. As implemented (following RepDistiller's
+``distiller_zoo/NST.py`` and ``train_student.py``):
+
+* per stage, the larger map is adaptive-average-pooled to the smaller one's (H, W) (RepDistiller's rule);
+* each channel's activation map is flattened to a vector of N = H*W positions and L2-normalised:
+  ``s_i`` (i < C_s) for the student, ``t_j`` (j < C_t) for the teacher, per sample;
+* kernel ``k(x, y) = (x . y + c)^d`` with d = 2, c = 0;
+* per sample, ``MMD^2 = mean_{i,i'} k(s_i, s_i') + mean_{j,j'} k(t_j, t_j') - 2 mean_{i,j} k(s_i, t_j)``; the
+  stage loss is the mean of ``MMD^2`` over the batch (RepDistiller's ``full_loss`` form, whose teacher-teacher
+  term is a constant that carries no gradient);
+* the stages are ``stages[1:]`` (RepDistiller's ``feat[1:-1]``) and their losses are summed.
+
+Total loss: ``ce_weight * CE + nst_weight * L_NST`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 50``
+(CE 1, no KD term, beta 50, same for every pair). Channel counts may differ; student and teacher must expose
+the same number of stages (a :class:`UserError` names both shape lists otherwise).
+
+No batch statistics are involved, so under DDP each rank's loss is an exact shard of the global-batch loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.at import as_float, check_paired_stages, match_spatial
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import no_autocast
+
+
+def poly_kernel_mean(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
+    """Mean of ``(a_i . b_j + c)^degree`` over all sample-wise pairs (i, j) and the batch (0-dim).
+
+    a: [B, Ca, N], b: [B, Cb, N] (rows already normalised).
+    """
+    return (torch.bmm(a, b.transpose(1, 2)) + c).pow(degree).mean()
+
+
+def nst_stage_loss(f_s: Tensor, f_t: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
+    """Polynomial-kernel MMD^2 between the normalised channel maps of one stage, batch mean (0-dim).
+
+    f_s: [B, Cs, Hs, Ws], f_t: [B, Ct, Ht, Wt]; the larger map is pooled to the smaller (H, W) first. Computed
+    in float32 (float64 inputs stay float64) with autocast disabled (the kernel matmuls would otherwise run in
+    bf16/fp16).
+    """
+    with no_autocast(f_s):
+        f_s, f_t = match_spatial(as_float(f_s), as_float(f_t))
+        s = F.normalize(f_s.flatten(2), dim=2)
+        t = F.normalize(f_t.flatten(2), dim=2)
+        return (
+            poly_kernel_mean(t, t, degree, c).detach()
+            + poly_kernel_mean(s, s, degree, c)
+            - 2 * poly_kernel_mean(s, t, degree, c)
+        )
+
+
+def nst_loss(stages_s: list[Tensor], stages_t: list[Tensor], degree: int = 2, c: float = 0.0) -> Tensor:
+    """Sum of :func:`nst_stage_loss` over paired stages (equal-length lists)."""
+    if len(stages_s) != len(stages_t):
+        raise ValueError(f"nst_loss needs as many student as teacher stages, got {len(stages_s)} and {len(stages_t)}")
+    return torch.stack([nst_stage_loss(s, t, degree, c) for s, t in zip(stages_s, stages_t)]).sum()
+
+
+@dataclass
+class NSTParams:
+    """Hyper-parameters of `nst` (config section ``nst.*``); defaults are RepDistiller's CIFAR-100 settings."""
+
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
+    nst_weight: float = 50.0  # beta: weight of the summed MMD^2 loss (RepDistiller -b 50)
+    degree: int = 2  # d of the polynomial kernel (x.y + c)^d, a positive integer (RepDistiller: 2)
+    c: float = 0.0  # c of the polynomial kernel (RepDistiller: 0)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        if self.ce_weight < 0:
+            raise UserError(f"nst.ce_weight must be >= 0, got {self.ce_weight}")
+        if self.nst_weight < 0:
+            raise UserError(f"nst.nst_weight must be >= 0, got {self.nst_weight}")
+        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
+            raise UserError(f"nst.degree must be a positive integer (kernel (x.y + c)^degree), got {self.degree!r}")
+
+
+@register_method("nst", NSTParams, "neuron selectivity transfer: CE + beta * polynomial-kernel MMD^2 per stage")
+class NST(Distiller):
+    """CE + ``nst_weight`` x sum over ``stages[1:]`` of the polynomial-kernel MMD^2; no trainable heads."""
+
+    params: NSTParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: NSTParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "nst needs a teacher"
+        check_paired_stages("nst", student, teacher)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
+        feats_s = self.student.forward_features(x)
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "nst": p.nst_weight * nst_loss(feats_s.stages[1:], feats_t.stages[1:], p.degree, p.c),
+        }
+        return StepOutput(logits=feats_s.logits, losses=losses)

@@ -1,0 +1,103 @@
+"""Probabilistic knowledge transfer (`pkt`; Passalis & Tefas, ECCV 2018, "Learning Deep Representations with
+Probabilistic Knowledge Transfer").
+
+The batch of penultimate vectors (``pooled``, RepDistiller's ``feat[-1]``) is turned into a conditional
+probability distribution per sample with a cosine-similarity kernel, and the student's distributions are
+matched to the teacher's with a KL divergence. As RepDistiller's ``PKT.cosine_similarity_loss`` (eps = 1e-7):
+
+* ``x_hat_i = x_i / (||x_i|| + eps)`` (a NaN coordinate is set to 0);
+* ``K_ij = (<x_hat_i, x_hat_j> + 1) / 2`` in [0, 1] (the diagonal included);
+* ``P_ij = K_ij / sum_k K_ik`` (rows are conditional distributions);
+* ``L_PKT = (1/B^2) sum_{i,j} P^t_ij * log((P^t_ij + eps) / (P^s_ij + eps))``, a mean over all B^2 entries;
+* ``L = ce_weight * CE + pkt_weight * L_PKT`` (+ an optional Hinton KD term, off by default).
+
+Defaults are RepDistiller's (``scripts/run_cifar_distill.sh``: ``-r 1 -a 0 -b 30000``). The large weight
+compensates the 1/B^2 mean. The teacher side is constant.
+
+Distributed runs: the kernel is computed over each rank's own shard of the batch, as RepDistiller computes it
+per GPU; each sample's distribution then ranges over its shard only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.kd import kd_loss
+from pckd.methods.precision import no_autocast
+
+# RepDistiller's eps: added to the norms and to both probabilities inside the log.
+PKT_EPS = 1e-7
+
+
+# ---- pure functions -------------------------------------------------------------------------------------
+def cosine_probabilities(x: Tensor, eps: float = PKT_EPS) -> Tensor:
+    """Row-stochastic matrix [B, B] of rescaled cosine similarities between the rows of ``x`` [B, d]."""
+    unit = x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+    unit = torch.where(torch.isnan(unit), torch.zeros_like(unit), unit)  # as the reference code does
+    kernel = (unit @ unit.T + 1.0) / 2.0
+    return kernel / kernel.sum(dim=1, keepdim=True)
+
+
+def pkt_loss(student: Tensor, teacher: Tensor, eps: float = PKT_EPS) -> Tensor:
+    """PKT loss between [B, ...] features: mean over B^2 entries of ``P_t log((P_t + eps) / (P_s + eps))``.
+
+    Computed in float32 (float64 inputs stay float64) with autocast disabled; the teacher is a constant.
+    """
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    with no_autocast(student):
+        p_s = cosine_probabilities(student.reshape(student.shape[0], -1).to(dtype), eps)
+        p_t = cosine_probabilities(teacher.detach().reshape(teacher.shape[0], -1).to(dtype), eps)
+        return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
+
+
+# ---- method ---------------------------------------------------------------------------------------------
+@dataclass
+class PKTParams:
+    """Hyper-parameters of `pkt` (section ``pkt.*``); CIFAR-100 defaults of RepDistiller."""
+
+    ce_weight: float = 1.0  # RepDistiller -r (gamma)
+    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the PKT baseline
+    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
+    pkt_weight: float = 30000.0  # RepDistiller -b (beta)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        for name in ("ce_weight", "kd_weight", "pkt_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"pkt.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise UserError(f"pkt.temperature must be > 0, got {self.temperature}")
+
+
+@register_method("pkt", PKTParams, "probabilistic KT: CE + 30000 * KL of cosine-kernel distributions (pooled)")
+class PKT(Distiller):
+    """CE + beta * L_PKT on the penultimate vectors."""
+
+    params: PKTParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: PKTParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t = self.teacher_features(x)  # teacher first: lower peak memory
+        s = self.student.forward_features(x)
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "pkt": p.pkt_weight * pkt_loss(s.pooled, t.pooled),
+        }
+        if p.kd_weight > 0:
+            losses["kd"] = p.kd_weight * kd_loss(s.logits, t.logits, p.temperature)
+        return StepOutput(logits=s.logits, losses=losses)

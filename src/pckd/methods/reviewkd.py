@@ -1,0 +1,255 @@
+"""ReviewKD (`reviewkd`; Chen et al., "Distilling Knowledge via Knowledge Review", CVPR 2021).
+
+The student's features of several levels are fused from the deepest to the shallowest by attention-based
+fusion (ABF) modules, and each fused output is matched to the teacher's feature of the same level by the
+hierarchical context loss (HCL).
+
+Levels (shallow to deep): ``stages[1:]`` of the model followed by the pooled vector as a 1x1 map, for the student
+and the teacher alike (e.g. resnet32x4: 64@32x32, 128@16x16, 256@8x8, 256@1x1). The stem output is not used.
+
+ABF of level i (student map x_i with C_i channels, H_i x W_i; teacher map with C'_i channels, H'_i x W'_i):
+
+    h_i   = BN(conv1x1(x_i))                                   # C_i -> M (mid channels)
+    h_i   = a_0 * h_i + a_1 * up(r_{i+1}),   [a_0, a_1] = sigmoid(conv1x1([h_i, up(r_{i+1})]))
+                                                              # not at the deepest level, which has no r_{i+1}
+    r_i   = nearest-resize(h_i) to H'_i x W'_i                 # identity where the sizes agree
+    y_i   = BN(conv3x3(r_i))                                    # M -> C'_i, matched to the teacher
+with ``up`` = nearest interpolation of the deeper residual to H_i x W_i, ``[.,.]`` = channel concatenation,
+``M = min(max_mid_channel, student pooled dim)`` and the attention weights per pixel (2 channels).
+
+HCL of one level (student output y, teacher map t, H = height of the map):
+
+    hcl(y, t) = (mse(y, t) + sum_k w_k mse(P_k(y), P_k(t))) / (1 + sum_k w_k)
+where P_k is adaptive average pooling to k x k for k in (4, 2, 1) with k < H only, and the weights of the
+pooled terms that are used halve one after the other: 0.5, 0.25, 0.125 (so a 4x4 map gets 0.5 for k = 2 and
+0.25 for k = 1, and a 1x1 map only the plain MSE). ``mse`` is the mean over all elements. The loss is the sum of
+hcl over the levels, and the training objective
+
+    L = ce_weight * CE(student logits, y) + reviewkd_weight * min(epoch / warmup_epochs, 1) * sum_i hcl(y_i, t_i)
+with epochs counted from 1 (so the first epoch already has weight 1/20).
+
+Follows mdistiller (``mdistiller/distillers/ReviewKD.py``, ``configs/cifar100/reviewkd.yaml``) and the authors'
+code (dvlab-research/ReviewKD, ``CIFAR-100/model/reviewkd.py``, ``script/reviewKD.sh``):
+
+* defaults CE 1.0, ReviewKD 1.0, warm-up 20 epochs (mdistiller's ``REVIEWKD.*`` defaults, the authors'
+  ``--kd-loss-weight``/``--kd-warm-up`` defaults); the per-pair weights are in ``tools/configs_reviewkd.py``
+  (mdistiller's config for resnet32x4 -> resnet8x4, the authors' script for 7 more pairs); the pairs neither
+  covers (resnet110 -> resnet20, vgg13 -> vgg8, vgg13 -> MobileNetV2, ResNet50 -> MobileNetV2/vgg8) use these
+  defaults;
+* mid channels ``min(512, student pooled dim)`` as both codes compute it (mdistiller's ``MAX_MID_CHANNEL`` is
+  read but never used; here it is the ``max_mid_channel`` field); so 256 for resnet8x4, 128 for wrn_16_2, 64 for
+  resnet20, 512 for ShuffleV1/V2, vgg8 and MobileNetV2;
+* per-level in/out channels and sizes (the references' ``IN_CHANNELS``/``OUT_CHANNELS``/``SHAPES``/
+  ``OUT_SHAPES`` tables) are read from the two models with :func:`feature_shapes` instead of a table; for the
+  13 CIFAR-100 pairs they equal those tables. Where the student's map is smaller than the teacher's (ShuffleNet
+  or MobileNetV2 students, vgg8 under ResNet50) the fused map is upsampled (nearest) before the 3x3 conv, as the
+  references' ``OUT_SHAPES`` do. A student map larger than the teacher's, a different number of levels or a
+  non-square map is an error naming both shapes (no reference pair needs it).
+* ABF conv weights initialised with ``kaiming_uniform_(a=1)`` as in both codes.
+
+Difference: both references match against the teacher's *pre-activation* stage outputs (``preact_feats``; the
+residual sum before the last ReLU), whereas ``FeatureOutput.stages`` are post-activation, so here the targets are
+the ReLU'd (non-negative) stage outputs. On the student side mdistiller's CIFAR default (``STU_PREACT: False``)
+uses post-activation features, as here. The pooled vector is the same in all codes.
+
+Under DDP the HCL is the per-rank mean (equal to the global mean for equal shards, as MSE is a plain mean) and the
+ABF BatchNorms use per-rank batch statistics, as the references (no SyncBN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.models.interface import FeatureOutput, FeatureShapes, feature_shapes
+
+# Pooled context sizes of the HCL, in the order their weights halve (both references).
+HCL_POOL_SIZES: tuple[int, ...] = (4, 2, 1)
+
+
+# ---- pure loss functions ---------------------------------------------------------------------------------
+def hcl_level(student: Tensor, teacher: Tensor) -> Tensor:
+    """HCL of one level, [B,C,H,W] each: weighted MSE over the full map and its 4/2/1 pooled versions with
+    k < H, weights 1, 0.5, 0.25, ... normalised by their sum. Computed in at least float32."""
+    if student.shape != teacher.shape:
+        raise ValueError(f"hcl_level: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ")
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    s, t = student.to(dtype), teacher.to(dtype)
+    height = s.shape[2]
+    loss = F.mse_loss(s, t)
+    weight, total = 1.0, 1.0
+    for k in HCL_POOL_SIZES:
+        if k >= height:  # pooling to the map's own size (or larger) adds nothing: skipped, as the references do
+            continue
+        weight /= 2.0
+        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, k), F.adaptive_avg_pool2d(t, k))
+        total += weight
+    return loss / total
+
+
+def hcl_loss(student_feats: list[Tensor], teacher_feats: list[Tensor]) -> Tensor:
+    """Hierarchical context loss: the sum over levels of :func:`hcl_level`."""
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(f"hcl_loss: {len(student_feats)} student levels but {len(teacher_feats)} teacher levels")
+    return torch.stack([hcl_level(s, t) for s, t in zip(student_feats, teacher_feats)]).sum()
+
+
+def warmup_factor(epoch: int, warmup_epochs: float) -> float:
+    """``min(epoch / warmup_epochs, 1)`` with epochs from 1 (mdistiller); 1 when there is no warm-up."""
+    if warmup_epochs <= 0:
+        return 1.0
+    return min(epoch / warmup_epochs, 1.0)
+
+
+# ---- level layout ----------------------------------------------------------------------------------------
+class Level(NamedTuple):
+    """One review level: student channels and size, teacher channels and size (sizes as (H, W))."""
+
+    in_channels: int
+    in_size: tuple[int, int]
+    out_channels: int
+    out_size: tuple[int, int]
+
+
+def _level_shapes(shapes: FeatureShapes) -> list[tuple[int, int, int]]:
+    """(C, H, W) of ``stages[1:]`` and of the pooled vector as a 1x1 map."""
+    return [tuple(s) for s in shapes.stages[1:]] + [(shapes.pooled, 1, 1)]  # type: ignore[misc]
+
+
+def review_levels(student: FeatureShapes, teacher: FeatureShapes) -> list[Level]:
+    """The review levels of a pair, shallow to deep, checked: same number of levels, square maps, and each
+    student map no larger than the teacher's (it is upsampled to the teacher's size, never shrunk)."""
+    s_levels, t_levels = _level_shapes(student), _level_shapes(teacher)
+    if len(s_levels) != len(t_levels):
+        raise UserError(f"reviewkd: the student has {len(s_levels)} levels {s_levels} (stages[1:] + pooled) but the "
+                        f"teacher has {len(t_levels)} {t_levels}; use a pair with the same number of stages")
+    levels = []
+    for i, (s, t) in enumerate(zip(s_levels, t_levels)):
+        if len(s) != 3 or len(t) != 3 or s[1] != s[2] or t[1] != t[2] or s[1] > t[1]:
+            raise UserError(f"reviewkd: level {i} has student feature {s} and teacher feature {t} (C, H, W); the "
+                            "maps must be square and the student's no larger than the teacher's")
+        levels.append(Level(s[0], (s[1], s[2]), t[0], (t[1], t[2])))
+    return levels
+
+
+# ---- the fusion module -----------------------------------------------------------------------------------
+class ABF(nn.Module):
+    """Attention-based fusion of one level: 1x1 conv + BN to ``mid_channels``, fusion with the deeper level's
+    residual through a 2-channel sigmoid attention (unless ``fuse`` is False: the deepest level), resize to the
+    teacher's size, 3x3 conv + BN to the teacher's channels."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.attention = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None)
+        self.output = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(out_channels))
+        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.output[0].weight, a=1)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None,
+                out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+        """Returns (output matched to the teacher [B, C_out, *out_size], residual for the next shallower level
+        [B, mid, *out_size])."""
+        h = self.reduce(x)
+        if self.attention is not None:
+            if residual is None:
+                raise ValueError("ABF with fusion needs the deeper level's residual")
+            residual = F.interpolate(residual, size=h.shape[-2:], mode="nearest")
+            att = self.attention(torch.cat([h, residual], dim=1))
+            h = h * att[:, 0:1] + residual * att[:, 1:2]
+        if out_size is not None and tuple(h.shape[-2:]) != tuple(out_size):
+            h = F.interpolate(h, size=out_size, mode="nearest")
+        return self.output(h), h
+
+
+class ReviewFusion(nn.Module):
+    """The ABF stack of a pair; ``forward`` maps the student's levels (shallow to deep) to outputs of the
+    teacher's shapes (shallow to deep), fusing from the deepest level down."""
+
+    def __init__(self, levels: list[Level], mid_channels: int) -> None:
+        super().__init__()
+        self.out_sizes = [lv.out_size for lv in levels]
+        last = len(levels) - 1
+        # abfs[i] serves level i (shallow to deep); the deepest one has nothing deeper to fuse with.
+        self.abfs = nn.ModuleList(ABF(lv.in_channels, mid_channels, lv.out_channels, fuse=i < last)
+                                  for i, lv in enumerate(levels))
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        if len(feats) != len(self.abfs):
+            raise ValueError(f"ReviewFusion expects {len(self.abfs)} levels, got {len(feats)}")
+        deep_first: list[Tensor] = []
+        residual: Tensor | None = None
+        for i in reversed(range(len(feats))):
+            out, residual = self.abfs[i](feats[i], residual, self.out_sizes[i])
+            deep_first.append(out)
+        return deep_first[::-1]
+
+
+def level_features(out: FeatureOutput) -> list[Tensor]:
+    """``stages[1:]`` and the pooled vector as a [B, d, 1, 1] map."""
+    return list(out.stages[1:]) + [out.pooled[:, :, None, None]]
+
+
+# ---- hyper-parameters and distiller ----------------------------------------------------------------------
+@dataclass
+class ReviewKDParams:
+    """Hyper-parameters of `reviewkd` (config section ``reviewkd.*``; mdistiller's CIFAR-100 defaults)."""
+
+    ce_weight: float = 1.0  # CE weight (mdistiller REVIEWKD.CE_WEIGHT, authors' --ce-loss-weight)
+    reviewkd_weight: float = 1.0  # HCL weight (REVIEWKD_WEIGHT; the released configs set it per pair, up to 8)
+    warmup_epochs: float = 20.0  # linear warm-up of the HCL weight, min(epoch / warmup_epochs, 1); 0 = none
+    max_mid_channel: int = 512  # ABF mid channels = min(this, student pooled dim), as both references compute
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        if self.ce_weight < 0:
+            raise UserError(f"reviewkd.ce_weight must be >= 0, got {self.ce_weight}")
+        if self.reviewkd_weight < 0:
+            raise UserError(f"reviewkd.reviewkd_weight must be >= 0, got {self.reviewkd_weight}")
+        if self.warmup_epochs < 0:
+            raise UserError(f"reviewkd.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.max_mid_channel < 1:
+            raise UserError(f"reviewkd.max_mid_channel must be >= 1, got {self.max_mid_channel}")
+
+
+@register_method("reviewkd", ReviewKDParams,
+                 "ReviewKD: CE + HCL between ABF-fused student features (deep to shallow) and teacher features")
+class ReviewKD(Distiller):
+    """CE + warmed-up ``reviewkd_weight`` x HCL(ABF(student levels), teacher levels)."""
+
+    params: ReviewKDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ReviewKDParams,
+                 num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        if teacher is None:
+            raise UserError("reviewkd needs a teacher (set teacher.arch and teacher.checkpoint)")
+        s_shapes = feature_shapes(student)
+        levels = review_levels(s_shapes, feature_shapes(teacher))
+        self.mid_channels = min(params.max_mid_channel, s_shapes.pooled)
+        self.fusion = ReviewFusion(levels, self.mid_channels)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t_out = self.teacher_features(x)  # teacher first: keeps peak memory low
+        s_out = self.student.forward_features(x)
+        fused = self.fusion(level_features(s_out))
+        hcl = hcl_loss(fused, level_features(t_out))
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(s_out.logits.float(), batch.labels),
+            "reviewkd": p.reviewkd_weight * warmup_factor(epoch, p.warmup_epochs) * hcl,
+        }
+        return StepOutput(logits=s_out.logits, losses=losses, stats={"hcl": hcl.detach()})

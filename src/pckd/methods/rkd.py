@@ -1,0 +1,133 @@
+"""Relational knowledge distillation (`rkd`; Park et al., CVPR 2019, "Relational Knowledge Distillation").
+
+The student's penultimate vectors (``pooled``, RepDistiller's ``feat[-1]``) are trained to reproduce the
+*relations* between the teacher's penultimate vectors of the same batch, not the vectors themselves, so teacher
+and student dimensions may differ and no head is needed. With s_i, t_i the flattened vectors of sample i:
+
+* distance-wise: ``psi_D(i, j) = ||x_i - x_j|| / mu`` with ``mu`` the mean of the non-zero entries of the
+  B x B distance matrix (the diagonal is 0); ``L_D = mean_{i,j} smoothL1(psi_D^s(i, j) - psi_D^t(i, j))``;
+* angle-wise: ``psi_A(i, j, k) = <e_ij, e_ik>`` with ``e_ij = (x_j - x_i) / ||x_j - x_i||`` (the cosine of the
+  angle at vertex i; a zero difference gives a zero unit vector, so triplets with j = i or k = i contribute
+  0 = 0); ``L_A = mean_{i,j,k} smoothL1(psi_A^s - psi_A^t)`` over all B^3 triplets;
+* ``L = ce_weight * CE + rkd_weight * (distance_weight * L_D + angle_weight * L_A)`` (+ an optional Hinton KD
+  term, off by default).
+
+smoothL1 is Huber with beta 1 (``0.5 x^2`` for ``|x| < 1``, else ``|x| - 0.5``). Distances follow RepDistiller's
+``pdist``: ``sqrt(clamp(|a|^2 + |b|^2 - 2 a.b, 1e-12))`` with the diagonal set to 0.
+
+Defaults are RepDistiller's (HobbitLong/RepDistiller ``distiller_zoo/RKD.py`` and ``scripts/run_cifar_distill.sh``):
+w_D = 25, w_A = 50, beta = 1, CE weight 1, KD weight 0. The teacher side is constant (computed without autograd).
+
+Distributed runs: the relations are computed over each rank's own shard of the batch, as RepDistiller computes
+them per GPU; gathering would change the loss (and its B^3 cost) with the number of ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.kd import kd_loss
+from pckd.methods.precision import no_autocast
+
+# RepDistiller's pdist clamps the squared distance at this value before the square root.
+PDIST_EPS = 1e-12
+
+
+# ---- pure functions -------------------------------------------------------------------------------------
+def _rows(x: Tensor) -> Tensor:
+    """Flatten to [B, d] in at least float32 (float64 stays float64)."""
+    return x.reshape(x.shape[0], -1).to(torch.promote_types(x.dtype, torch.float32))
+
+
+def pairwise_distances(e: Tensor, eps: float = PDIST_EPS) -> Tensor:
+    """Euclidean distance matrix [B, B] of the rows of ``e`` [B, d], with a zero diagonal (RepDistiller's pdist)."""
+    sq = e.pow(2).sum(dim=1)
+    d2 = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * (e @ e.T)).clamp(min=eps)
+    eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    return d2.sqrt().masked_fill(eye, 0.0)
+
+
+def normalised_distances(e: Tensor) -> Tensor:
+    """Distance matrix divided by the mean of its positive entries (``psi_D``); needs at least 2 rows."""
+    d = pairwise_distances(e)
+    # entries are >= 0, so sum / count of positives is the mean of the positive entries (without a host sync)
+    return d / (d.sum() / (d > 0).sum())
+
+
+def triplet_angles(e: Tensor) -> Tensor:
+    """``psi_A`` [B, B, B]: entry (i, j, k) is the cosine of the angle at e_i between e_j and e_k."""
+    diff = e.unsqueeze(0) - e.unsqueeze(1)  # [i, j] = e_j - e_i
+    unit = F.normalize(diff, p=2, dim=2)  # zero differences stay zero vectors
+    return torch.bmm(unit, unit.transpose(1, 2))
+
+
+def rkd_distance_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Distance-wise RKD loss ``L_D`` between [B, ...] features (teacher treated as a constant)."""
+    with no_autocast(student):
+        s, t = _rows(student), _rows(teacher.detach())
+        if s.shape[0] < 2:  # no pair: nothing to transfer (the mean over positive distances would be 0/0)
+            return s.sum() * 0.0
+        return F.smooth_l1_loss(normalised_distances(s), normalised_distances(t))
+
+
+def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
+    """Angle-wise RKD loss ``L_A`` between [B, ...] features (teacher treated as a constant)."""
+    with no_autocast(student):
+        s, t = _rows(student), _rows(teacher.detach())
+        return F.smooth_l1_loss(triplet_angles(s).flatten(), triplet_angles(t).flatten())
+
+
+# ---- method ---------------------------------------------------------------------------------------------
+@dataclass
+class RKDParams:
+    """Hyper-parameters of `rkd` (section ``rkd.*``); CIFAR-100 defaults of RepDistiller."""
+
+    ce_weight: float = 1.0  # RepDistiller -r (gamma)
+    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the RKD baseline
+    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
+    rkd_weight: float = 1.0  # RepDistiller -b (beta), multiplies both RKD terms
+    distance_weight: float = 25.0  # w_D of RKDLoss
+    angle_weight: float = 50.0  # w_A of RKDLoss
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        for name in ("ce_weight", "kd_weight", "rkd_weight", "distance_weight", "angle_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"rkd.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise UserError(f"rkd.temperature must be > 0, got {self.temperature}")
+
+
+@register_method("rkd", RKDParams, "relational KD: CE + 25 * distance + 50 * angle relations of pooled features")
+class RKD(Distiller):
+    """CE + beta * (w_D * L_D + w_A * L_A) on the penultimate vectors; logs the two RKD terms separately."""
+
+    params: RKDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: RKDParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t = self.teacher_features(x)  # teacher first: lower peak memory
+        s = self.student.forward_features(x)
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "rkd_dist": p.rkd_weight * p.distance_weight * rkd_distance_loss(s.pooled, t.pooled),
+            "rkd_angle": p.rkd_weight * p.angle_weight * rkd_angle_loss(s.pooled, t.pooled),
+        }
+        if p.kd_weight > 0:
+            losses["kd"] = p.kd_weight * kd_loss(s.logits, t.logits, p.temperature)
+        return StepOutput(logits=s.logits, losses=losses)

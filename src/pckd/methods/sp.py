@@ -1,0 +1,89 @@
+"""Similarity-preserving KD (`sp`; Tung & Mori, ICCV 2019).
+
+The student reproduces the teacher's pairwise similarities between the samples of a batch. As implemented
+(following RepDistiller's ``distiller_zoo/SP.py`` and ``train_student.py``):
+
+* features: the last stage's map ``stages[-1]`` (RepDistiller's ``feat[-2]``), flattened to ``Q`` [B, C*H*W];
+* Gram matrix ``G = Q Q^T`` [B, B], each row L2-normalised: ``G~_i = G_i / ||G_i||_2``;
+* ``L_SP = ||G~_s - G~_t||_F^2 / B^2``.
+
+Total loss: ``ce_weight * CE + sp_weight * L_SP`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 3000``
+(CE 1, no KD term, beta 3000, same for every pair). Only the batch size has to agree between student and
+teacher; channel counts and spatial sizes are free.
+
+DDP: the similarities are taken within each rank's shard of the batch (as RepDistiller per GPU), not over the
+global batch; with the default batch of 64 on one GPU this is the reference behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.at import as_float
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import no_autocast
+
+
+def similarity_matrix(f: Tensor) -> Tensor:
+    """Row-L2-normalised batch Gram matrix of a feature map [B, ...] flattened per sample: [B, B]."""
+    q = f.flatten(1)
+    return F.normalize(q @ q.T, dim=1)
+
+
+def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """``||G~_s - G~_t||_F^2 / B^2`` (0-dim) for student/teacher features with the same batch size B.
+
+    Computed in float32 (float64 inputs stay float64) with autocast disabled (the Gram matmul would otherwise run
+    in bf16/fp16).
+    """
+    if f_s.shape[0] != f_t.shape[0]:
+        raise ValueError(f"sp_loss needs equal batch sizes, got student {tuple(f_s.shape)} teacher {tuple(f_t.shape)}")
+    b = f_s.shape[0]
+    with no_autocast(f_s):
+        diff = similarity_matrix(as_float(f_s)) - similarity_matrix(as_float(f_t))
+        return diff.pow(2).sum() / (b * b)
+
+
+@dataclass
+class SPParams:
+    """Hyper-parameters of `sp` (config section ``sp.*``); defaults are RepDistiller's CIFAR-100 settings."""
+
+    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
+    sp_weight: float = 3000.0  # beta: weight of the similarity-preserving loss (RepDistiller -b 3000)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        if self.ce_weight < 0:
+            raise UserError(f"sp.ce_weight must be >= 0, got {self.ce_weight}")
+        if self.sp_weight < 0:
+            raise UserError(f"sp.sp_weight must be >= 0, got {self.sp_weight}")
+
+
+@register_method("sp", SPParams, "similarity-preserving KD: CE + beta * ||G_s - G_t||_F^2 / B^2 on the last stage")
+class SP(Distiller):
+    """CE + ``sp_weight`` x similarity-preserving loss on ``stages[-1]``; no trainable heads."""
+
+    params: SPParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: SPParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
+        feats_s = self.student.forward_features(x)
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "sp": p.sp_weight * sp_loss(feats_s.stages[-1], feats_t.stages[-1]),
+        }
+        return StepOutput(logits=feats_s.logits, losses=losses)

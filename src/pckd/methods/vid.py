@@ -1,0 +1,157 @@
+"""Variational information distillation (`vid`; Ahn et al., CVPR 2019, "Variational Information Distillation
+for Knowledge Transfer").
+
+VID maximises a variational lower bound on the mutual information between teacher and student feature maps:
+the teacher map t is modelled as a Gaussian whose mean mu(s) is regressed from the student map s and whose
+variance is a learned per-channel constant. For every stage pair (s, t) of ``stages[1:]`` (RepDistiller's
+``feat[1:-1]``; when the two networks have different numbers of stages the first ones are paired, like
+RepDistiller's ``zip``):
+
+* spatial sizes: the larger map is adaptively average-pooled to the smaller one's size (RepDistiller);
+* ``mu(s) = conv1x1(relu(conv1x1(relu(conv1x1(s)))))``, channels C_s -> C_t -> C_t -> C_t, no biases (the
+  hidden width is the teacher's channel count, as ``VIDLoss(s, t, t)`` in RepDistiller's ``train_student.py``);
+* ``sigma_c^2 = softplus(alpha_c) + eps`` with eps = 1e-5 and alpha initialised to
+  ``log(exp(init_pred_var - eps) - 1)`` so that sigma^2 = init_pred_var = 5 at the start;
+* ``L_k = mean_{b,c,h,w} 0.5 * ((mu_bchw - t_bchw)^2 / sigma_c^2 + log sigma_c^2)`` (the Gaussian negative
+  log-likelihood without its constant), and ``L_VID = sum_k L_k``;
+* ``L = ce_weight * CE + vid_weight * L_VID`` (+ an optional Hinton KD term, off by default).
+
+Defaults are RepDistiller's (``distiller_zoo/VID.py``, ``train_student.py``, ``scripts/run_cifar_distill.sh``:
+``-r 1 -a 0 -b 1``). The regressors and the alphas are heads of this distiller, trained with the student.
+Every term is local to a sample, so distributed runs need no gathering.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.kd import kd_loss
+from pckd.methods.precision import no_autocast
+from pckd.models.interface import feature_shapes
+
+
+# ---- pure functions -------------------------------------------------------------------------------------
+def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool whichever of two [B, C, H, W] maps is taller to the other's spatial size (RepDistiller)."""
+    s_size, t_size = tuple(student.shape[2:]), tuple(teacher.shape[2:])
+    if student.shape[2] > teacher.shape[2]:
+        student = F.adaptive_avg_pool2d(student, t_size)
+    elif student.shape[2] < teacher.shape[2]:
+        teacher = F.adaptive_avg_pool2d(teacher, s_size)
+    return student, teacher
+
+
+def vid_nll(pred_mean: Tensor, target: Tensor, variance: Tensor) -> Tensor:
+    """Mean Gaussian NLL (no constant): ``mean 0.5 * ((pred - target)^2 / var_c + log var_c)``.
+
+    ``pred_mean``, ``target``: [B, C, H, W]; ``variance``: [C], positive. The target is treated as a constant.
+    Computed in float32 (float64 inputs stay float64) with autocast disabled.
+    """
+    dtype = torch.promote_types(pred_mean.dtype, torch.float32)
+    with no_autocast(pred_mean):
+        var = variance.to(dtype).view(1, -1, 1, 1)
+        diff = pred_mean.to(dtype) - target.detach().to(dtype)
+        return (0.5 * (diff.pow(2) / var + torch.log(var))).mean()
+
+
+def inverse_softplus(value: float) -> float:
+    """``alpha`` with ``softplus(alpha) = value`` (value > 0)."""
+    return math.log(math.expm1(value))
+
+
+# ---- heads ----------------------------------------------------------------------------------------------
+class VIDHead(nn.Module):
+    """Regressor of the teacher map's mean from the student map, and the learned per-channel variance."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, init_pred_var: float,
+                 eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.regressor = nn.Sequential(
+            nn.Conv2d(in_channels, hidden_channels, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden_channels, hidden_channels, kernel_size=1, bias=False),
+            nn.ReLU(),
+            nn.Conv2d(hidden_channels, out_channels, kernel_size=1, bias=False),
+        )
+        # alpha such that softplus(alpha) + eps = init_pred_var
+        self.alpha = nn.Parameter(torch.full((out_channels,), inverse_softplus(init_pred_var - eps)))
+
+    def variance(self) -> Tensor:
+        """Per-channel variance ``softplus(alpha) + eps``, shape [C_t], in float32 (float64 stays float64)."""
+        return F.softplus(self.alpha.to(torch.promote_types(self.alpha.dtype, torch.float32))) + self.eps
+
+    def forward(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """The stage's VID loss ``L_k`` for a student map and the (constant) teacher map."""
+        student, teacher = match_spatial(student, teacher)
+        return vid_nll(self.regressor(student), teacher, self.variance())
+
+
+# ---- method ---------------------------------------------------------------------------------------------
+@dataclass
+class VIDParams:
+    """Hyper-parameters of `vid` (section ``vid.*``); CIFAR-100 defaults of RepDistiller."""
+
+    ce_weight: float = 1.0  # RepDistiller -r (gamma)
+    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the VID baseline
+    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
+    vid_weight: float = 1.0  # RepDistiller -b (beta), multiplies the sum over stage pairs
+    init_pred_var: float = 5.0  # initial per-channel variance sigma^2 (VIDLoss init_pred_var)
+    eps: float = 1e-5  # variance floor added to softplus(alpha) (VIDLoss eps)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        for name in ("ce_weight", "kd_weight", "vid_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"vid.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.temperature > 0:
+            raise UserError(f"vid.temperature must be > 0, got {self.temperature}")
+        if not self.eps > 0:
+            raise UserError(f"vid.eps must be > 0, got {self.eps}")
+        if not self.init_pred_var > self.eps:
+            raise UserError(f"vid.init_pred_var must be > vid.eps ({self.eps}), got {self.init_pred_var}")
+
+
+@register_method("vid", VIDParams, "variational information distillation: CE + Gaussian NLL of teacher stage maps")
+class VID(Distiller):
+    """CE + beta * sum over stage pairs of the Gaussian NLL of the teacher map given the student map."""
+
+    params: VIDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: VIDParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "vid needs a teacher"
+        s_stages, t_stages = feature_shapes(student).stages[1:], feature_shapes(teacher).stages[1:]
+        if not s_stages or not t_stages:
+            raise UserError("vid needs at least one stage after the stem in both networks (FeatureOutput.stages)")
+        self.heads = nn.ModuleList(
+            VIDHead(s[0], t[0], t[0], params.init_pred_var, params.eps) for s, t in zip(s_stages, t_stages)
+        )
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t = self.teacher_features(x)  # teacher first: lower peak memory
+        s = self.student.forward_features(x)
+        per_stage = [head(fs, ft) for head, fs, ft in zip(self.heads, s.stages[1:], t.stages[1:])]
+        losses = {
+            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "vid": p.vid_weight * torch.stack(per_stage).sum(),
+        }
+        if p.kd_weight > 0:
+            losses["kd"] = p.kd_weight * kd_loss(s.logits, t.logits, p.temperature)
+        stats = {f"vid_stage{k + 1}": v.detach() for k, v in enumerate(per_stage)}
+        stats["vid_var_mean"] = torch.cat([h.variance() for h in self.heads]).mean().detach()
+        return StepOutput(logits=s.logits, losses=losses, stats=stats)

@@ -1,0 +1,133 @@
+"""KD with logit standardisation (`lskd`): against a naive per-sample z-score + KL, hand values, the Distiller."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import Tensor
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.lskd import LSKD, LSKDParams, lskd_loss, lskd_per_sample, standardize
+from pckd.models import create_model
+
+
+# ---- naive reference ------------------------------------------------------------------------------------
+def _zscore(row: list[float]) -> list[float]:
+    k = len(row)
+    mean = sum(row) / k
+    std = math.sqrt(sum((v - mean) ** 2 for v in row) / (k - 1))  # unbiased, as torch.std in the released code
+    return [(v - mean) / (std + 1e-7) for v in row]
+
+
+def naive_lskd_row(s: list[float], t: list[float], T: float) -> float:
+    zs, zt = _zscore(s), _zscore(t)
+    es = [math.exp(v / T) for v in zs]
+    et = [math.exp(v / T) for v in zt]
+    ps = [v / sum(es) for v in es]
+    pt = [v / sum(et) for v in et]
+    return T * T * sum(p * math.log(p / q) for p, q in zip(pt, ps))
+
+
+def _data(dtype: torch.dtype, b: int = 6, k: int = 7, seed: int = 0) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, k, generator=g, dtype=dtype) * 3 + 1, torch.randn(b, k, generator=g, dtype=dtype) * 5
+
+
+def _tol(dtype: torch.dtype) -> dict[str, float]:
+    """pytest.approx tolerances: float32 rounding vs near-exact float64."""
+    return {"rel": 1e-4, "abs": 1e-6} if dtype == torch.float32 else {"rel": 1e-10, "abs": 1e-12}
+
+
+# ---- loss tests ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
+def test_lskd_matches_naive(dtype, T):
+    s, t = _data(dtype)
+    expected = [naive_lskd_row(s[i].tolist(), t[i].tolist(), T) for i in range(len(s))]
+    tol = _tol(dtype)
+    got = lskd_per_sample(s, t, T)
+    assert got.dtype == dtype
+    assert got.tolist() == pytest.approx(expected, **tol)
+    assert lskd_loss(s, t, T).item() == pytest.approx(sum(expected) / len(expected), **tol)
+
+
+def test_standardize_uses_unbiased_std():
+    z = standardize(torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64))
+    assert z.mean().item() == pytest.approx(0.0, abs=1e-12)
+    assert z.std().item() == pytest.approx(1.0, rel=1e-6)  # unbiased std of the z-scores is 1 (up to the eps)
+    std = math.sqrt(5 / 3)  # unbiased std of 1..4
+    assert z[0, 0].item() == pytest.approx(-1.5 / std, rel=1e-6)
+
+
+def test_two_classes_by_hand():
+    # Any two distinct logits standardise to (+-1/sqrt(2)); opposite orders at T = 1 give
+    # KL = sqrt(2) * (sigmoid(sqrt(2)) - sigmoid(-sqrt(2))) = sqrt(2) * tanh(1/sqrt(2)).
+    s, t = torch.tensor([[5.0, -3.0]]), torch.tensor([[0.1, 0.2]])
+    expected = math.sqrt(2) * math.tanh(1 / math.sqrt(2))
+    assert lskd_per_sample(s, t, 1.0).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_invariant_to_per_sample_shift_and_scale():
+    # The point of the method: the student need not match the teacher's logit range, only its relations.
+    s, t = _data(torch.float64)
+    scale = torch.tensor([[0.5], [2.0], [3.0], [1.0], [10.0], [0.1]], dtype=torch.float64)
+    shifted = s * scale - 7.0
+    torch.testing.assert_close(lskd_per_sample(shifted, t, 2.0), lskd_per_sample(s, t, 2.0), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(lskd_per_sample(4 * t + 1, t, 2.0), torch.zeros(6, dtype=torch.float64), atol=1e-9)
+
+
+def test_half_inputs_are_computed_in_float32():
+    s, t = _data(torch.float32)
+    got = lskd_per_sample(s.bfloat16(), t.bfloat16(), 2.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, lskd_per_sample(s.bfloat16().float(), t.bfloat16().float(), 2.0))
+
+
+@pytest.mark.parametrize("key, value", [("temperature", -1.0), ("kd_weight", -0.5)])
+def test_invalid_params_name_the_key(key, value):
+    with pytest.raises(UserError, match=f"lskd.{key}"):
+        LSKDParams(**{key: value})
+
+
+# ---- distiller with tiny real zoo models ----------------------------------------------------------------
+class NormaliseOnly:
+    """Deterministic augmenter: just scales uint8 images to [0, 1] floats."""
+
+    def standard(self, images: Tensor) -> Tensor:
+        return images.float() / 255
+
+
+def _batch(b: int = 4, k: int = 10) -> Batch:
+    g = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
+    return Batch(images=images, labels=torch.arange(b) % k, index=torch.arange(b), augment=NormaliseOnly())
+
+
+def test_distiller_step_losses_gradients_and_frozen_teacher():
+    torch.manual_seed(0)
+    teacher, student = create_model("resnet8", 10), create_model("resnet8", 10)
+    method = LSKD(student, teacher, LSKDParams(), num_classes=10)
+    method.train()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    batch = _batch()
+    out = method.forward_train(batch, 1)
+    assert set(out.losses) == {"ce", "lskd"}
+    assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
+
+    x = batch.augment.standard(batch.images)
+    with torch.no_grad():
+        t_logits = teacher(x)
+    s_rows, t_rows = out.logits.detach().double().tolist(), t_logits.double().tolist()
+    naive = sum(naive_lskd_row(a, b, 2.0) for a, b in zip(s_rows, t_rows)) / len(s_rows)
+    assert out.losses["lskd"].item() == pytest.approx(9.0 * naive, rel=1e-4)
+
+    out.total.backward()
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in student.parameters())
+    assert any(q.grad.abs().sum() > 0 for q in student.parameters())
+    assert all(q.grad is None for q in teacher.parameters())
+    assert not teacher.training
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert method.extra_parameters() == 0
