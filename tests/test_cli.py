@@ -52,3 +52,16 @@ def test_demo_smoke_scale_prints_table(tmp_path, capsys):
         assert f"| {row} |" in out
     assert (tmp_path / "results.md").read_text().count("\n") == 7
     assert (tmp_path / "student-pckd" / "summary.json").exists()
+
+
+def test_demo_methods_all_adds_every_registered_student_method(capsys):
+    from pckd.demo import STUDENT_RUNS, demo_methods
+    from pckd.methods.base import method_registry
+
+    everything = demo_methods(["all"])
+    assert everything[:4] == list(STUDENT_RUNS)  # the default four first
+    assert set(everything) == {"ce"} | {n for n, s in method_registry().items() if s.cls.needs_teacher}
+    assert demo_methods(None) == list(STUDENT_RUNS) and demo_methods(["dkd", "crd"]) == ["dkd", "crd"]
+    assert main(["demo", "--methods", "kdd"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown student method 'kdd'" in err[0] and "choose from all, " in err[0]

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a teacher and distilled students on the embedded digits data")
     p.add_argument("--output-dir", default="runs/demo", help="where the demo runs go (default: runs/demo)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the demo's epochs (e.g. 0.2 for a smoke run)")
-    p.add_argument("--methods", nargs="*", default=None, help="subset of student methods to run")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="student methods to run (default: ce kd pckd ckd; 'all' adds every baseline)")
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("train", help="train with a YAML config (teacher with method=ce, or a student)")
