@@ -29,7 +29,7 @@ def test_config_prints_resolved_values(capsys):
     assert "epochs: 3" in out and "arch: resnet8x4" in out and "temperature: 4.0" in out
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "config", "demo", "models", "methods", "export"])
+@pytest.mark.parametrize("command", ["train", "eval", "config", "demo", "models", "methods", "export", "report", "probe"])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])

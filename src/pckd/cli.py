@@ -75,6 +75,23 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from pckd.engine.probe import run_probe
+
+    result = run_probe(args.checkpoint, args.overrides)
+    print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pckd.report import write_report
+
+    path = write_report(args.paths, args.output_dir, metric=args.metric, plots=not args.no_plots, echo=print)
+    curves = "" if args.no_plots else f" and the PNG curves in {path.parent}"
+    print(f"wrote {path}, {path.with_name('report.csv')}{curves}")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pckd.models import export_safetensors
 
@@ -118,6 +135,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the methods and their hyper-parameters")
     p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("probe", help="train a linear classifier on a frozen checkpoint's features (Table IV)")
+    p.add_argument("checkpoint", help="a pckd checkpoint, or any weights file with student.arch=...")
+    p.add_argument("overrides", nargs="*",
+                   help="e.g. data.name=imagefolder data.root=DIR data.image_size=32 probe.epochs=40")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("report", help="tables (Markdown, CSV) and curves (PNG) from run directories")
+    p.add_argument("paths", nargs="+", help="run directories, or folders searched recursively for them")
+    p.add_argument("--output-dir", default="report", help="where report.md, report.csv and the PNGs go")
+    p.add_argument("--metric", choices=["best", "last"], default="best",
+                   help="top-1 of each run's best epoch (default, as the reference code reports) or its last")
+    p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
     p.add_argument("checkpoint")

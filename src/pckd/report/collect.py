@@ -22,8 +22,9 @@ from pckd.errors import PckdWarning, UserError
 RUN_MARKERS = ("summary.json", "metrics.jsonl")
 # Folders the trainer writes inside a run that never hold runs themselves (TensorBoard can hold thousands of files).
 _SKIP_DIRS = {"tensorboard", "__pycache__", ".git"}
-# Config entries besides the method's own section that make two runs of one method different experiments.
-VARIANT_KEYS = ("train.epochs", "train.schedule", "teacher.checkpoint")
+# Config entries besides the method's own section that make two runs of one method different experiments. The
+# teacher checkpoint is not one of them (it changes with every column); tables warn when a cell mixes several.
+VARIANT_KEYS = ("train.epochs", "train.schedule")
 
 Problem = Callable[[str], None]
 
@@ -46,7 +47,7 @@ class RunRecord:
     teacher_top1: float | None
     teacher_checkpoint: str | None
     complete: bool  # summary.json was read; otherwise the numbers come from the last logged epoch
-    variant: tuple[tuple[str, str], ...] = ()  # (key, value) of the method's section and VARIANT_KEYS
+    variant: tuple[tuple[str, str], ...] = ()  # (key, JSON value) of the method's section and VARIANT_KEYS
     epoch_curve: list[tuple[int, float]] = field(default_factory=list)  # (epoch, test top-1)
     loss_curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # term -> (global step, value)
 
@@ -221,8 +222,7 @@ def read_run(run_dir: Path, on_problem: Problem = _warn) -> RunRecord | None:
         best = None
 
     section = config.get(method) if isinstance(config.get(method), dict) else {}
-    variant = _flatten(method, section) + [(key, json.dumps(_get(config, key))) for key in VARIANT_KEYS
-                                           if teacher is not None or key != "teacher.checkpoint"]
+    variant = _flatten(method, section) + [(key, json.dumps(_get(config, key))) for key in VARIANT_KEYS]
     seed = _get(config, "train.seed")
     planned = _get(config, "train.epochs") or (summary or {}).get("epochs")
     return RunRecord(

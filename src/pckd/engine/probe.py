@@ -1,0 +1,313 @@
+"""`pckd probe`: linear-probe transfer of a frozen backbone to another dataset (the PCKD paper's Table IV).
+
+Protocol (CRD, Tian et al. ICLR 2020, Sec. 4.3, followed by PCKD): the network distilled on CIFAR-100 is frozen
+and only a new ``nn.Linear(d, K_target)`` is trained on its penultimate features (``forward_features(x).pooled``)
+of the target dataset (STL-10 / TinyImageNet downsized to 32x32), then tested. The backbone runs in eval mode
+under no_grad, so neither its weights nor its BatchNorm statistics change.
+
+By default (``probe.augment=false``) the features of the train and test sets are extracted once, without
+augmentation, and the linear layer is trained on the cached features: the probe then takes seconds. With
+``probe.augment=true`` a fresh training view (random crop + flip) is drawn every epoch and passed through the
+frozen backbone batch by batch; the test features are always extracted once.
+
+Optimisation: SGD (momentum, weight decay) on the mean cross-entropy, with a multistep schedule following
+RepDistiller's rule: the rate of epoch ``e`` (from 1) is ``lr * lr_decay ** #{m in milestones: e > m}``. Each
+epoch's order is :func:`pckd.data.loader.epoch_permutation` of the probe's seed. The defaults (see
+:class:`ProbeConfig` and docs/transfer.md) are documented choices: CRD's exact probe settings are not given.
+
+ImageFolder targets: the data layer's ImageNet transforms (RandomResizedCrop / Resize(size*256/224) +
+CenterCrop) suit 224-pixel models, not a CIFAR backbone, so the probe replaces them with CIFAR-style ones:
+``Resize(image_size)`` + ``CenterCrop(image_size)`` (identity for images already at 32x32; downsizes STL-10's
+96x96 or TinyImageNet's 64x64 on the fly), plus padding-4 random crop and flip for augmented training views.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from pckd.config import _check_keys, _deep_merge, _suggest, _type_error_message, parse_overrides, resolve_config
+from pckd.config_schema import RunConfig
+from pckd.data import build_data
+from pckd.data.augment import NORMALIZATION, BatchAugment
+from pckd.data.loader import epoch_permutation
+from pckd.engine.build import build_network, resolve_device
+from pckd.engine.metrics import topk_correct
+from pckd.errors import UserError
+from pckd.models import create_model, extract_state_dict, read_checkpoint
+
+
+@dataclass
+class ProbeConfig:
+    """The probe's own settings, keys ``probe.*`` (data and device come from ``data.*`` / ``train.*``)."""
+
+    epochs: int = 40  # linear-classifier training epochs
+    batch_size: int = 64  # training batch of the linear classifier
+    lr: float = 0.1  # initial SGD learning rate
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 0.0  # on the linear layer; 0 as in Tian's CMC linear-probing code
+    milestones: list[int] = field(default_factory=lambda: [15, 25, 35])  # epochs after which lr *= lr_decay
+    lr_decay: float = 0.1  # multistep factor
+    augment: bool = False  # redraw crop+flip training views every epoch (slower) instead of caching features once
+    normalization: str = "data"  # 'data' (the target data layer's mean/std) or cifar100 | cifar10 | imagenet
+    seed: int = 0  # linear-layer init and per-epoch order
+    output_dir: Optional[str] = None  # where probe.json goes; default <checkpoint folder>/probe-<target>
+
+
+_PROBE_KEY = "probe"
+
+
+# ---- the linear classifier on features ------------------------------------------------------------------------
+def make_linear(dim: int, num_classes: int, seed: int) -> nn.Linear:
+    """A fresh ``nn.Linear(dim, num_classes)`` with PyTorch's default init drawn from a private generator (the
+    global RNG is left alone)."""
+    linear = nn.Linear(dim, num_classes)
+    bound = 1.0 / math.sqrt(dim)  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        linear.weight.copy_(torch.empty(num_classes, dim).uniform_(-bound, bound, generator=generator))
+        linear.bias.copy_(torch.empty(num_classes).uniform_(-bound, bound, generator=generator))
+    return linear
+
+
+def epoch_lr(cfg: ProbeConfig, epoch: int) -> float:
+    """Learning rate of ``epoch`` (from 1): ``lr * lr_decay ** #{m: epoch > m}`` (RepDistiller's rule)."""
+    return cfg.lr * cfg.lr_decay ** sum(epoch > m for m in cfg.milestones)
+
+
+def sgd_epoch(linear: nn.Linear, optimizer: torch.optim.Optimizer, batches: Iterable[tuple[Tensor, Tensor]]) -> float:
+    """One pass of mean-cross-entropy SGD steps over ``(features, labels)`` batches; returns the mean loss."""
+    linear.train()
+    total, count = 0.0, 0
+    for feats, labels in batches:
+        loss = F.cross_entropy(linear(feats.float()), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * labels.shape[0]
+        count += labels.shape[0]
+    return total / max(count, 1)
+
+
+def cached_batches(feats: Tensor, labels: Tensor, batch_size: int, seed: int, epoch: int
+                   ) -> Iterable[tuple[Tensor, Tensor]]:
+    """Epoch ``epoch``'s batches of cached features: order ``epoch_permutation(n, seed, epoch)``, last batch kept."""
+    order = epoch_permutation(feats.shape[0], seed, epoch).to(feats.device)
+    for start in range(0, feats.shape[0], batch_size):
+        index = order[start:start + batch_size]
+        yield feats.index_select(0, index), labels.index_select(0, index)
+
+
+@torch.no_grad()
+def score(linear: nn.Linear, feats: Tensor, labels: Tensor, chunk: int = 4096) -> dict[str, float]:
+    """Top-1 / top-5 (percent) and mean CE of ``linear`` on features."""
+    linear.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=feats.device)
+    for start in range(0, feats.shape[0], chunk):
+        logits = linear(feats[start:start + chunk].float())
+        y = labels[start:start + chunk]
+        totals[:2] += topk_correct(logits, y)
+        totals[2] += F.cross_entropy(logits, y, reduction="sum")
+    top1, top5, loss = (totals / max(feats.shape[0], 1)).tolist()
+    return {"top1": 100.0 * top1, "top5": 100.0 * top5, "loss": loss}
+
+
+def train_linear(
+    linear: nn.Linear,
+    cfg: ProbeConfig,
+    train_batches: Callable[[int], Iterable[tuple[Tensor, Tensor]]],
+    test_feats: Tensor,
+    test_labels: Tensor,
+    progress: bool = False,
+) -> list[dict[str, float]]:
+    """Train ``linear`` for ``cfg.epochs`` epochs; ``train_batches(epoch)`` yields that epoch's (features, labels)
+    batches. Evaluates on the test features after every epoch; returns one record per epoch."""
+    optimizer = torch.optim.SGD(linear.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    history: list[dict[str, float]] = []
+    bar = tqdm(range(1, cfg.epochs + 1), desc="probe", disable=not progress, leave=False)
+    for epoch in bar:
+        lr = epoch_lr(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_loss = sgd_epoch(linear, optimizer, train_batches(epoch))
+        result = score(linear, test_feats, test_labels)
+        history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss, **result})
+        bar.set_postfix(top1=f"{result['top1']:.2f}")
+    return history
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(run-config overrides, probe overrides); unknown top-level sections get the closest-key message."""
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
+    run, probe = [], []
+    for item in overrides:
+        top = item.partition("=")[0].strip().split(".")[0]
+        if top == _PROBE_KEY:
+            probe.append(item)
+        elif top in run_keys or "=" not in item:
+            run.append(item)  # malformed items reach parse_overrides, which explains the form
+        else:
+            hint = _suggest(top, sorted(run_keys | {_PROBE_KEY}))
+            raise UserError(f"unknown config key '{item.partition('=')[0].strip()}'"
+                            f"{hint or '; the probe takes probe.*, data.*, train.* and student.* keys'}")
+    return run, probe
+
+
+def resolve_probe_config(overrides: list[str]) -> ProbeConfig:
+    """Typed ``probe.*`` settings from ``probe.key=value`` overrides (UserError naming the key on any problem)."""
+    data = parse_overrides(overrides).get(_PROBE_KEY, {})
+    if not isinstance(data, dict):
+        raise UserError("config key 'probe' is a section; set its fields instead, e.g. probe.epochs=40")
+    _check_keys(data, ProbeConfig, f"{_PROBE_KEY}.", "ce", ())
+    wrapper = dataclasses.make_dataclass("ProbeRoot", [(_PROBE_KEY, ProbeConfig, field(default_factory=ProbeConfig))])
+    try:
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(wrapper), {_PROBE_KEY: data})).probe
+    except OmegaConfBaseException as exc:
+        raise UserError(_type_error_message(exc, wrapper)) from None
+    for key in ("epochs", "batch_size", "lr"):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"config key 'probe.{key}'={getattr(cfg, key)} must be positive")
+    if cfg.momentum < 0 or cfg.weight_decay < 0 or cfg.lr_decay <= 0:
+        raise UserError("config keys 'probe.momentum', 'probe.weight_decay' must be >= 0 and 'probe.lr_decay' > 0")
+    choices = ("data", *NORMALIZATION)
+    if cfg.normalization not in choices:
+        raise UserError(f"config key 'probe.normalization'='{cfg.normalization}' is not one of {', '.join(choices)}")
+    return cfg
+
+
+def _source_classes(arch: str, state: Any, weights: dict[str, Tensor]) -> int:
+    """How many classes the checkpoint's classifier has (the backbone is rebuilt with that head, then unused)."""
+    if isinstance(state, dict) and isinstance(state.get("num_classes"), int):
+        return int(state["num_classes"])
+    model = create_model(arch, 1, key="student.arch")
+    layer = model.classifier_layer
+    head = next((name for name, module in model.named_modules() if module is layer and name), None)
+    if head is None or f"{head}.weight" not in weights:
+        raise UserError(f"cannot find the classifier of '{arch}' in the checkpoint; check student.arch")
+    return int(weights[f"{head}.weight"].shape[0])
+
+
+# ---- features ----------------------------------------------------------------------------------------------
+def _folder_transforms(image_size: int, mean: Any, std: Any) -> tuple[Callable, Callable]:
+    """(plain, augmented) CIFAR-style transforms for ImageFolder targets (see the module docstring)."""
+    from torchvision import transforms
+
+    base = [transforms.Resize(image_size), transforms.CenterCrop(image_size)]
+    tail = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    augmented = [transforms.RandomCrop(image_size, padding=4), transforms.RandomHorizontalFlip()]
+    return transforms.Compose(base + tail), transforms.Compose(base + augmented + tail)
+
+
+@torch.no_grad()
+def extract(model: nn.Module, loader: Any, view: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
+    """Penultimate features and labels of every batch of ``loader`` (the model must be in eval mode)."""
+    feats, labels = [], []
+    for batch in loader:
+        feats.append(model.forward_features(view(batch.images)).pooled.float())
+        labels.append(batch.labels)
+    if not feats:
+        raise UserError("the probe's data has no images; check data.root and the data.* limits")
+    return torch.cat(feats), torch.cat(labels)
+
+
+def _default_output_dir(checkpoint: Path, data_cfg: Any) -> Path:
+    target = Path(data_cfg.root).expanduser().resolve().name if data_cfg.name == "imagefolder" else data_cfg.name
+    return checkpoint.resolve().parent / f"probe-{target or 'data'}"
+
+
+# ---- the command -------------------------------------------------------------------------------------------
+def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
+    """Train and test a linear probe on the frozen penultimate features of ``checkpoint`` for the data set by
+    ``data.*`` overrides; writes ``probe.json`` to ``probe.output_dir`` and returns its content.
+
+    A pckd checkpoint knows its architecture; other files need ``student.arch=NAME``. ``probe.*`` keys set
+    :class:`ProbeConfig`; ``train.device``, ``train.eval_batch_size`` and ``train.progress`` are honoured.
+    """
+    run_overrides, probe_overrides = _split_overrides(overrides)
+    probe = resolve_probe_config(probe_overrides)
+    ckpt_path = Path(checkpoint)
+    trust = any(o.strip() == "student.trust_checkpoint=true" for o in run_overrides)
+    state = read_checkpoint(ckpt_path, trust=trust, key_name="student.checkpoint")
+    base: dict[str, Any] = {}
+    source_data = None
+    if isinstance(state, dict) and state.get("format") == "pckd":
+        base["student"] = {"arch": state["arch"]}
+        source_data = (yaml.safe_load(state.get("config") or "") or {}).get("data", {}).get("name")
+    merged = _deep_merge(base, parse_overrides(run_overrides))
+    if "arch" not in merged.get("student", {}):
+        raise UserError(f"'{ckpt_path}' does not say its architecture; add student.arch=NAME (see 'pckd models')")
+    merged["student"]["checkpoint"] = str(ckpt_path)
+    merged["method"] = "ce"
+    cfg = resolve_config(None, [], base=merged)
+    weights = extract_state_dict(state, source=f"'{ckpt_path}' (student.checkpoint)")
+    n_source = _source_classes(cfg.student.arch, state, weights)
+    del state, weights
+
+    device = resolve_device(cfg.train.device)
+    data = build_data(cfg.data, probe.batch_size, cfg.train.eval_batch_size, probe.seed, device)
+    model = build_network(cfg.student, "student", n_source, data.input_size).to(device)
+    model.eval().requires_grad_(False)  # frozen: no weight update, BatchNorm uses (and keeps) its running stats
+
+    augment = data.augment
+    if probe.normalization != "data" and cfg.data.name != "imagefolder":
+        augment = BatchAugment(*NORMALIZATION[probe.normalization])
+    if cfg.data.name == "imagefolder":
+        mean, std = NORMALIZATION["imagenet" if probe.normalization == "data" else probe.normalization]
+        plain, augmented = _folder_transforms(cfg.data.image_size, mean, std)
+        data.test.dataset.transform = plain
+        data.train.dataset.transform = augmented if probe.augment else plain
+
+    test_feats, test_labels = extract(model, data.test, augment.evaluate)
+    if probe.augment:
+        def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+            data.train.set_epoch(epoch)
+            for batch in data.train:
+                with torch.no_grad():
+                    feats = model.forward_features(augment.standard(batch.images)).pooled.float()
+                yield feats, batch.labels
+        n_train = data.train_size
+    else:
+        data.train.set_epoch(0)
+        train_feats, train_labels = extract(model, data.train, augment.evaluate)
+        n_train = int(train_feats.shape[0])
+
+        def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
+            return cached_batches(train_feats, train_labels, probe.batch_size, probe.seed, epoch)
+
+    dim = int(test_feats.shape[1])
+    linear = make_linear(dim, data.num_classes, probe.seed).to(device)
+    history = train_linear(linear, probe, batches, test_feats, test_labels, progress=cfg.train.progress)
+
+    best = max(history, key=lambda r: r["top1"])
+    out_dir = Path(probe.output_dir) if probe.output_dir else _default_output_dir(ckpt_path, cfg.data)
+    result = {
+        "checkpoint": str(ckpt_path), "arch": cfg.student.arch, "source_data": source_data,
+        "source_classes": n_source, "feature_dim": dim,
+        "data": {"name": cfg.data.name, "root": cfg.data.root, "image_size": data.input_size,
+                 "num_classes": data.num_classes, "train_size": n_train, "test_size": int(test_feats.shape[0])},
+        "probe": dataclasses.asdict(probe),
+        "epochs": history,
+        "best_top1": best["top1"], "best_epoch": best["epoch"],
+        "last_top1": history[-1]["top1"], "last_top5": history[-1]["top5"],
+        "output_dir": str(out_dir),
+    }
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write '{out_dir / 'probe.json'}' ({exc.strerror}); set probe.output_dir=...") from None
+    return result

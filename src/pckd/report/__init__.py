@@ -1,0 +1,52 @@
+"""`pckd report`: turn run directories into the paper's tables (Markdown, CSV) and training curves (PNG)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+from pckd.errors import PckdWarning
+from pckd.report.collect import RunRecord, collect_runs
+from pckd.report.tables import Table, build_tables, render_markdown, write_csv
+
+__all__ = ["RunRecord", "Table", "build_tables", "collect_runs", "render_markdown", "write_csv", "write_report"]
+
+
+def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: bool = True,
+                 echo: Callable[[str], None] | None = None) -> Path:
+    """Collect the runs under ``paths`` and write ``report.md``, ``report.csv`` and (with matplotlib) the PNG
+    curves into ``out_dir``; returns the path of ``report.md``. ``echo`` (e.g. ``print``) also gets the tables'
+    Markdown. Problems with run files become warning lines (and a section of the report), never exceptions."""
+    out_dir = Path(out_dir)
+    problems: list[str] = []
+
+    def on_problem(message: str) -> None:
+        problems.append(message)
+        warnings.warn(PckdWarning(message), stacklevel=2)
+
+    runs = collect_runs([Path(p) for p in paths], on_problem)
+    tables = build_tables(runs, metric)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(tables, out_dir / "report.csv")
+    figures: list[Path] = []
+    if plots:
+        try:
+            from pckd.report.plots import plot_table
+
+            for table in tables:
+                figures += plot_table(table, out_dir)
+        except ImportError as exc:  # matplotlib is a dependency, but a broken install must not lose the tables
+            on_problem(f"no plots: matplotlib could not be imported ({exc})")
+    incomplete = sum(not r.complete for r in runs)
+    parts = [f"# Report: {len(runs)} run(s), {incomplete} incomplete\n"]
+    parts += [render_markdown(table) for table in tables]
+    if echo is not None:
+        echo("\n".join(parts[1:]))
+    if figures:
+        parts.append("## Curves\n\n" + "\n".join(f"![{f.stem}]({f.name})" for f in figures) + "\n")
+    if problems:
+        parts.append("## Problems\n\n" + "\n".join(f"- {p}" for p in problems) + "\n")
+    report = out_dir / "report.md"
+    report.write_text("\n".join(parts))
+    return report
