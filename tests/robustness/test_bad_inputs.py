@@ -79,7 +79,7 @@ CASES: dict[str, Case] = {
     "negative epochs": Case(["train.epochs=-3"], ["'train.epochs'=-3", "must be positive"]),
     "zero batch": Case(["train.batch_size=0"], ["'train.batch_size'=0"]),
     "resume and overwrite": Case(["resume=true", "overwrite=true"], ["'resume'", "'overwrite'"]),
-    "unknown method": Case(["method=kdd"], ["'kdd'", "did you mean 'kd'", "valid: at, cc, ce, ckd"]),
+    "unknown method": Case(["method=kdd"], ["'kdd'", "did you mean 'kd'", "valid: ", ", ce, ckd, ", ", kd, ", ", pckd, "]),
     "unknown model": Case(["student.arch=resnet88"], ["'resnet88'", "student.arch", "did you mean 'resnet8'"]),
     "unknown data.name": Case(["data.name=mnist"], ["'data.name'='mnist'", "cifar100"]),
     "missing data root": Case(["data.name=cifar100", "data.root={tmp}/nowhere"], ["data.root", "nowhere"]),

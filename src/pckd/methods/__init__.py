@@ -1,6 +1,7 @@
 """Distillation methods. Importing this package registers every built-in method."""
 
 from pckd.methods import (  # noqa: F401  (registration)
+    ab,
     at,
     cc,
     ce,
@@ -8,6 +9,8 @@ from pckd.methods import (  # noqa: F401  (registration)
     crd,
     dkd,
     fitnet,
+    fsp,
+    ft,
     ickd,
     intra_class,
     kd,

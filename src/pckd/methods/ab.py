@@ -1,0 +1,213 @@
+"""Activation-boundary distillation (`ab`; Heo et al., AAAI 2019, "Knowledge Transfer via Distillation of
+Activation Boundaries Formed by Hidden Neurons"), two-stage as in RepDistiller.
+
+The student learns where the teacher's neurons switch on and off: for every stage pair of ``stages[1:]``
+(RepDistiller's ``feat[1:-1]``), a connector ``r`` maps the student map onto the teacher's shape and the
+"alternative L2" hinge loss pushes each connector response ``s = r(f_s)`` beyond a margin ``m`` on the side of
+the teacher's activation ``t``:
+
+* ``l(s, t) = (s + m)^2 [s > -m and t <= 0] + (s - m)^2 [s <= m and t > 0]`` element-wise;
+* per stage ``k`` of ``n``: ``L_k = w_k * (3 / 1000) * sum_{b,c,h,w} l / B`` with ``w_k = 2^(k - n + 1)``
+  (k = 0..n-1: the last stage weighs 1, each earlier one half the next), and ``L_AB = sum_k L_k``
+  (RepDistiller's ``distiller_zoo/AB.py``: ``ABLoss(feat_num, margin=1.0)``, sum over the batch divided by B,
+  then ``/ 1000 * 3``);
+* connector (RepDistiller's ``Connector``/``ConvReg(use_relu=False)``): conv -> BatchNorm, the conv chosen by
+  size as FitNet's regressor (1x1 for equal sizes, 3x3 stride 2 for a student map twice as large, 4x4
+  stride-2 transposed conv for one half as large, "valid" conv otherwise); see the deviation below for equal
+  shapes.
+
+Two stages (RepDistiller ``train_student.py`` + ``helper/pretrain.py:init``), modelled inside the method because
+this project has one training loop and one optimizer:
+
+* epochs ``1..init_epochs`` (default 30): the only loss is ``ab_init = L_AB`` (weight 1, no CE), training the
+  student's feature layers and the connectors, all in train mode (BatchNorms on batch statistics). RepDistiller's
+  ``init()`` calls ``model_s.eval()`` but then ``.train()`` on its trainable list, which holds the student's
+  feature modules (``get_feat_modules()``), so its feature BatchNorms are in train mode too;
+* epochs ``init_epochs+1..``: ``ce_weight * CE`` (+ ``ab_weight * L_AB`` if ``ab_weight > 0``). The default
+  ``ab_weight = 0`` is RepDistiller's behaviour: its CIFAR script passes ``--distill abound -a 0 -b 1``, but the
+  main-stage loop sets ``loss_kd = 0`` for ``abound``, so beta multiplies nothing and the connectors are neither
+  used nor trained after the init stage: AB only shapes the student's initialisation.
+
+The configs extend the schedule by the init stage (``train.epochs: 270``, milestones 180/210/240), so the
+main stage sees RepDistiller's 240 epochs with decays at its epochs 150/180/210. During the init stage the lr is
+the schedule's base lr (0.05, 0.01 for MobileNetV2/ShuffleNet students), which is what RepDistiller's ``init()``
+uses (``opt.learning_rate``, already lowered to 0.01 for those students by ``parse_option``), constant, SGD
+momentum 0.9, weight decay 5e-4.
+
+Parameters outside a stage's loss (the student's classifier during init; the connectors after it) get no
+gradient: the trainer zeroes gradients with ``set_to_none=True`` and ``torch.optim.SGD`` skips a parameter
+whose gradient is None, so neither weight decay nor momentum moves it in that stage (under DDP with
+``find_unused_parameters=True`` the gradients of globally unused parameters also stay None). Differences from
+RepDistiller's two optimizers: the student's momentum buffers carry over from the init stage into the main
+stage (RepDistiller starts the main stage with a fresh SGD), and the init stage's epochs are counted in the run's
+epoch numbers.
+
+Documented deviation (pre-activation features): RepDistiller calls the models with ``preact=True`` and applies
+the loss to the *pre-activation* stage outputs (before the last ReLU), while this project's
+``FeatureOutput.stages`` are post-activation. On the teacher side nothing is lost: ``relu(t) > 0`` exactly when
+``t > 0``, so the teacher's activation boundary (the indicator ``t > 0``) is read exactly from its
+post-activation map. On the student side the pre-activation value is not available, and a post-activation map
+is never negative (the WRNs' aside, see below), so with RepDistiller's identity connector for equal shapes the
+negative-side margin could not be met and a unit with a negative pre-activation would get no gradient to turn
+on. Hence a connector
+(conv -> BatchNorm, 1x1 for equal sizes) is used at *every* stage, on the post-activation student map: its
+output can take either sign, its BatchNorm keeps it at unit scale so the margin 1.0 means what it does on
+RepDistiller's BatchNorm outputs, and the student learns features from which the teacher's boundaries are
+linearly separable with margin. One family is not exact on the teacher side: the WRNs are pre-activation
+networks whose ``stages`` are the raw residual sums (RepDistiller's non-preact features too), while RepDistiller's
+``preact`` WRN features are those sums passed through the following BatchNorm; here the boundary is the sign of
+the raw sum (that BatchNorm's per-channel affine map moves it).
+
+Student and teacher must expose the same number of stages (all 13 CIFAR-100 pairs do); otherwise a
+:class:`UserError` names both shape lists. Under DDP each rank computes its shard's loss (sum / local B, as
+RepDistiller per GPU) and the connectors' BatchNorms use per-rank statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.at import as_float
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.fitnet import regressor_conv
+from pckd.models.interface import feature_shapes
+
+# RepDistiller's ABLoss multiplies every stage's loss by 3/1000 (``l / 1000 * 3``).
+AB_SCALE = 3.0 / 1000.0
+
+
+# ---- pure loss functions ---------------------------------------------------------------------------------
+def ab_stage_loss(source: Tensor, target: Tensor, margin: float = 1.0) -> Tensor:
+    """Unweighted AB loss of one stage: ``sum l(s, t) / B`` (see module docstring), 0-dim.
+
+    ``source``: connector output [B, C, H, W]; ``target``: teacher map of the same shape, only its sign pattern
+    ``t > 0`` is used (so pre- and post-activation teacher maps give the same loss). At least float32.
+    """
+    if source.shape != target.shape:
+        raise ValueError(f"ab_stage_loss needs equal shapes, got {tuple(source.shape)} and {tuple(target.shape)}")
+    s = as_float(source)
+    on = target > 0
+    below_neg_margin = (s + margin).pow(2) * ((s > -margin) & ~on)  # teacher off: push s below -m
+    above_pos_margin = (s - margin).pow(2) * ((s <= margin) & on)  # teacher on: push s above +m
+    return (below_neg_margin + above_pos_margin).sum() / s.shape[0]
+
+
+def ab_stage_weights(n: int) -> list[float]:
+    """RepDistiller's per-stage weights ``2^(k - n + 1)``, k = 0..n-1 (1 for the last stage)."""
+    return [2.0 ** (k - n + 1) for k in range(n)]
+
+
+def ab_losses(sources: Sequence[Tensor], targets: Sequence[Tensor], margin: float = 1.0) -> list[Tensor]:
+    """Weighted per-stage AB losses ``w_k * 3/1000 * ab_stage_loss`` (their sum is ``L_AB``)."""
+    if len(sources) != len(targets):
+        raise ValueError(f"ab_losses needs as many student as teacher maps, got {len(sources)} and {len(targets)}")
+    weights = ab_stage_weights(len(sources))
+    return [w * AB_SCALE * ab_stage_loss(s, t, margin) for w, s, t in zip(weights, sources, targets)]
+
+
+# ---- two-stage helpers (also used by `ft` and `fsp`) -----------------------------------------------------
+def in_init_stage(epoch: int, init_epochs: int) -> bool:
+    """Whether ``epoch`` (counted from 1) belongs to the init stage of a two-stage method."""
+    return epoch <= init_epochs
+
+
+def validate_init_epochs(method: str, init_epochs: object) -> None:
+    """Raise :class:`UserError` unless ``init_epochs`` is an int >= 0."""
+    if isinstance(init_epochs, bool) or not isinstance(init_epochs, int) or init_epochs < 0:
+        raise UserError(f"{method}.init_epochs must be an integer >= 0 (0 = no init stage), got {init_epochs!r}")
+
+
+# ---- heads ----------------------------------------------------------------------------------------------
+class ABConnector(nn.Module):
+    """conv (chosen by size, 1x1 for equal sizes) -> BatchNorm, from a student stage map to the teacher's shape."""
+
+    def __init__(self, s_shape: tuple[int, ...], t_shape: tuple[int, ...], stage: int) -> None:
+        super().__init__()
+        try:
+            self.conv = regressor_conv(s_shape, t_shape)
+        except UserError:
+            raise UserError(
+                f"ab cannot connect the student's stage {stage} map {tuple(s_shape)} to the teacher's "
+                f"{tuple(t_shape)}: the student map must be twice, half, or at least the teacher's spatial size"
+            ) from None
+        self.bn = nn.BatchNorm2d(t_shape[0])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.conv(x))
+
+
+# ---- method ---------------------------------------------------------------------------------------------
+@dataclass
+class ABParams:
+    """Hyper-parameters of `ab` (section ``ab.*``); defaults are RepDistiller's CIFAR-100 settings."""
+
+    ce_weight: float = 1.0  # main stage: weight of the cross-entropy (RepDistiller -r 1)
+    ab_weight: float = 0.0  # main stage: weight of L_AB; 0 as RepDistiller (its loop sets loss_kd = 0 for abound)
+    margin: float = 1.0  # m of the alternative L2 hinge (ABLoss margin)
+    init_epochs: int = 30  # epochs 1..init_epochs train only L_AB (RepDistiller --init_epochs 30)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        for name in ("ce_weight", "ab_weight", "margin"):
+            if getattr(self, name) < 0:
+                raise UserError(f"ab.{name} must be >= 0, got {getattr(self, name)}")
+        validate_init_epochs("ab", self.init_epochs)
+
+
+@register_method("ab", ABParams, "activation boundaries: init stage on the AB hinge loss, then CE")
+class AB(Distiller):
+    """Init stage: ``L_AB`` through per-stage connectors; main stage: CE (+ ``ab_weight * L_AB``)."""
+
+    params: ABParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ABParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "ab needs a teacher"
+        s_shapes, t_shapes = feature_shapes(student).stages[1:], feature_shapes(teacher).stages[1:]
+        if len(s_shapes) != len(t_shapes) or not s_shapes:
+            raise UserError(
+                f"ab needs as many stages after the stem in student and teacher, got student {s_shapes} and "
+                f"teacher {t_shapes}; choose a pair with equally many stages"
+            )
+        self.connectors = nn.ModuleList(ABConnector(s, t, k + 1) for k, (s, t) in enumerate(zip(s_shapes, t_shapes)))
+
+    def _ab_terms(self, s_stages: list[Tensor], t_stages: list[Tensor]) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """Weighted per-stage losses and their stats (per-stage values, sign agreement with the teacher)."""
+        sources = [conn(f) for conn, f in zip(self.connectors, s_stages)]
+        per_stage = ab_losses(sources, t_stages, self.params.margin)
+        stats = {f"ab_stage{k + 1}": v.detach() for k, v in enumerate(per_stage)}
+        with torch.no_grad():  # fraction of units on the teacher's side of the boundary
+            agree = [((s > 0) == (t > 0)).float().mean() for s, t in zip(sources, t_stages)]
+        stats["ab_agree"] = torch.stack(agree).mean()
+        return per_stage, stats
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t = self.teacher_features(x)  # teacher first: lower peak memory
+        if in_init_stage(epoch, p.init_epochs):
+            s = self.student.forward_features(x)
+            per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
+            return StepOutput(logits=s.logits, losses={"ab_init": torch.stack(per_stage).sum()}, stats=stats)
+        s = self.student.forward_features(x)
+        losses = {"ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels)}
+        stats: dict[str, Tensor] = {}
+        if p.ab_weight > 0:
+            per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
+            losses["ab"] = p.ab_weight * torch.stack(per_stage).sum()
+        return StepOutput(logits=s.logits, losses=losses, stats=stats)
+
+
+__all__ = ["AB", "ABConnector", "ABParams", "ab_losses", "ab_stage_loss", "ab_stage_weights",
+           "in_init_stage", "validate_init_epochs"]

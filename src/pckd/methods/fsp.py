@@ -1,0 +1,145 @@
+"""Flow of solution procedure (`fsp`; Yim et al., CVPR 2017, "A Gift from Knowledge Distillation: Fast
+Optimization, Network Minimization and Transfer Learning"), two-stage as in RepDistiller.
+
+The "flow" between two consecutive feature maps is their FSP (Gram) matrix; the student learns the teacher's
+flows. As implemented (RepDistiller's ``distiller_zoo/FSP.py``, ``helper/pretrain.py``, ``train_student.py``):
+
+* maps: every stage map including the stem, ``stages`` = RepDistiller's ``feat[:-1]``;
+* FSP matrix of a consecutive pair (bottom ``F1`` [B, C1, H, W], top ``F2`` [B, C2, H', W']): the larger map is
+  adaptive-average-pooled to the smaller one's spatial size, then
+  ``G[b, j, i] = mean_{h,w} F2[b, j, h, w] * F1[b, i, h, w]``, shape [B, C2, C1];
+* per pair ``L_k = mean_{b,j,i} (G_s - G_t)^2`` and ``L_FSP = sum_k L_k``.
+
+The matrices are compared entry by entry, so the student's channel count must equal the teacher's at every
+stage, stem included (RepDistiller raises ``num of channels not equal``; the CRD paper reports "NA" for
+wrn_40_2 -> wrn_40_1 and for every cross-architecture pair). Such pairs are rejected with a one-line
+:class:`UserError` naming both shape lists; of the 13 CIFAR-100 pairs, 6 are supported.
+
+Two stages (RepDistiller ``train_student.py`` + ``helper/pretrain.py:init``), modelled inside the method because
+this project has one training loop and one optimizer:
+
+* epochs ``1..init_epochs`` (default 30): the only loss is ``fsp_init = L_FSP`` (weight 1, no CE), training the
+  student's feature layers in train mode (BatchNorms on batch statistics). RepDistiller's ``init()`` calls
+  ``model_s.eval()`` but then ``.train()`` on its trainable list, the student's feature modules
+  (``get_feat_modules()``), so its feature BatchNorms are in train mode too;
+* epochs ``init_epochs+1..``: ``ce_weight * CE`` (+ ``fsp_weight * L_FSP`` if ``fsp_weight > 0``). The default
+  ``fsp_weight = 0`` is RepDistiller's behaviour: its CIFAR script passes ``--distill fsp -a 0 -b 50``, but the
+  main-stage loop sets ``loss_kd = 0`` for ``fsp``, so beta multiplies nothing: FSP only shapes the student's
+  initialisation (as in the paper, where the FSP stage is followed by ordinary training).
+
+The configs extend the schedule by the init stage (``train.epochs: 270``, milestones 180/210/240), so the main
+stage sees RepDistiller's 240 epochs with decays at its epochs 150/180/210. During the init stage the lr is the
+schedule's constant base lr (0.05, 0.01 for MobileNetV2/ShuffleNet students), which is what RepDistiller's
+``init()`` uses (``opt.learning_rate``), SGD momentum 0.9, weight decay 5e-4.
+
+Parameters outside a stage's loss (the student's classifier during init) get no gradient: the trainer zeroes
+gradients with ``set_to_none=True`` and ``torch.optim.SGD`` skips a parameter whose gradient is None, so neither
+weight decay nor momentum moves it in that stage (under DDP with ``find_unused_parameters=True`` the gradients of
+globally unused parameters also stay None). Differences from RepDistiller's two optimizers: the student's
+momentum buffers carry over into the main stage (RepDistiller starts it with a fresh SGD), and the init stage's
+epochs are counted in the run's epoch numbers.
+
+No heads; FSP matrices are per sample, so under DDP each rank's loss is an exact shard mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pckd.data.batch import Batch
+from pckd.errors import UserError
+from pckd.methods.ab import in_init_stage, validate_init_epochs
+from pckd.methods.at import as_float, match_spatial
+from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import no_autocast
+from pckd.models.interface import feature_shapes
+
+
+# ---- pure loss functions ---------------------------------------------------------------------------------
+def fsp_matrix(bottom: Tensor, top: Tensor) -> Tensor:
+    """FSP matrix [B, C_top, C_bottom] of two maps, the larger pooled to the smaller size; at least float32."""
+    with no_autocast(bottom):  # the product is a batched matmul: keep it out of bf16
+        bottom, top = match_spatial(as_float(bottom), as_float(top))
+        bottom, top = bottom.flatten(2), top.flatten(2)
+        return torch.bmm(top, bottom.transpose(1, 2)) / bottom.shape[2]
+
+
+def fsp_matrices(stages: Sequence[Tensor]) -> list[Tensor]:
+    """FSP matrices of every consecutive pair of ``stages`` (len(stages) - 1 of them)."""
+    return [fsp_matrix(bottom, top) for bottom, top in pairwise(stages)]
+
+
+def fsp_losses(s_stages: Sequence[Tensor], t_stages: Sequence[Tensor]) -> list[Tensor]:
+    """Per-pair ``mean (G_s - G_t)^2`` over batch and matrix entries (their sum is ``L_FSP``)."""
+    if len(s_stages) != len(t_stages):
+        raise ValueError(f"fsp_losses needs as many student as teacher maps, got {len(s_stages)} and {len(t_stages)}")
+    return [(g_s - g_t).pow(2).mean() for g_s, g_t in zip(fsp_matrices(s_stages), fsp_matrices(t_stages))]
+
+
+def check_fsp_pair(s_shapes: Sequence[tuple[int, ...]], t_shapes: Sequence[tuple[int, ...]]) -> None:
+    """Raise :class:`UserError` unless both networks have equally many stages (>= 2) with equal channel counts."""
+    s_channels, t_channels = [s[0] for s in s_shapes], [t[0] for t in t_shapes]
+    if len(s_shapes) < 2 or s_channels != t_channels:
+        raise UserError(
+            f"fsp needs equal channel counts at every stage (stem included), got student stages {list(s_shapes)} "
+            f"and teacher stages {list(t_shapes)}; FSP does not support this pair, choose another method or pair"
+        )
+
+
+# ---- method ---------------------------------------------------------------------------------------------
+@dataclass
+class FSPParams:
+    """Hyper-parameters of `fsp` (section ``fsp.*``); defaults are RepDistiller's CIFAR-100 settings."""
+
+    ce_weight: float = 1.0  # main stage: weight of the cross-entropy (RepDistiller -r 1)
+    fsp_weight: float = 0.0  # main stage: weight of L_FSP; 0 as RepDistiller (its loop sets loss_kd = 0 for fsp)
+    init_epochs: int = 30  # epochs 1..init_epochs train only L_FSP (RepDistiller --init_epochs 30)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first invalid key."""
+        for name in ("ce_weight", "fsp_weight"):
+            if getattr(self, name) < 0:
+                raise UserError(f"fsp.{name} must be >= 0, got {getattr(self, name)}")
+        validate_init_epochs("fsp", self.init_epochs)
+
+
+@register_method("fsp", FSPParams, "flow of solution procedure: init stage on FSP-matrix MSE, then CE")
+class FSP(Distiller):
+    """Init stage: MSE between student and teacher FSP matrices; main stage: CE (+ ``fsp_weight * L_FSP``)."""
+
+    params: FSPParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FSPParams, num_classes: int) -> None:
+        params.validate()  # the config may have been edited after construction
+        super().__init__(student, teacher, params, num_classes)
+        assert teacher is not None, "fsp needs a teacher"
+        check_fsp_pair(feature_shapes(student).stages, feature_shapes(teacher).stages)
+
+    def _fsp_terms(self, s_stages: list[Tensor], t_stages: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        per_pair = fsp_losses(s_stages, t_stages)
+        return torch.stack(per_pair).sum(), {f"fsp_pair{k + 1}": v.detach() for k, v in enumerate(per_pair)}
+
+    def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
+        p = self.params
+        x = batch.augment.standard(batch.images)
+        t = self.teacher_features(x)  # teacher first: lower peak memory
+        if in_init_stage(epoch, p.init_epochs):
+            s = self.student.forward_features(x)
+            loss, stats = self._fsp_terms(s.stages, t.stages)
+            return StepOutput(logits=s.logits, losses={"fsp_init": loss}, stats=stats)
+        s = self.student.forward_features(x)
+        losses = {"ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels)}
+        stats: dict[str, Tensor] = {}
+        if p.fsp_weight > 0:
+            loss, stats = self._fsp_terms(s.stages, t.stages)
+            losses["fsp"] = p.fsp_weight * loss
+        return StepOutput(logits=s.logits, losses=losses, stats=stats)
