@@ -60,7 +60,7 @@ the raw sum (that BatchNorm's per-channel affine map moves it).
 
 Student and teacher must expose the same number of stages (all 13 CIFAR-100 pairs do); otherwise a
 :class:`UserError` names both shape lists. Under DDP each rank computes its shard's loss (sum / local B, as
-RepDistiller per GPU) and the connectors' BatchNorms use per-rank statistics.
+RepDistiller per GPU) and the connectors' BatchNorms follow `train.sync_bn`.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ hint alone for ``init_epochs``) is not done: this is the single-stage variant, a
 scripts and in mdistiller's FitNet.
 
 No batch statistics are involved beyond the regressor's BatchNorm, so under DDP each rank's loss is an exact
-shard of the global-batch loss (the BatchNorm uses per-rank statistics, like the student's own BatchNorms).
+shard of the global-batch loss (its BatchNorm follows `train.sync_bn`, like the student's own BatchNorms).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ whose gradient is None, so neither weight decay nor momentum moves it in that st
 epochs are counted in the run's epoch numbers.
 
 Any student/teacher pair works (only the last stage maps are used; channels are adapted by the heads). Under
-DDP each rank's loss is a shard mean (no cross-sample terms); the translator's BatchNorms use per-rank statistics.
+DDP each rank's loss is a shard mean (no cross-sample terms); the translator's BatchNorms follow `train.sync_bn`.
 """
 
 from __future__ import annotations

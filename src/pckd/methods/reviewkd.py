@@ -53,7 +53,8 @@ the ReLU'd (non-negative) stage outputs. On the student side mdistiller's CIFAR 
 uses post-activation features, as here. The pooled vector is the same in all codes.
 
 Under DDP the HCL is the per-rank mean (equal to the global mean for equal shards, as MSE is a plain mean) and the
-ABF BatchNorms use per-rank batch statistics, as the references (no SyncBN).
+ABF BatchNorms follow `train.sync_bn` like every BatchNorm of the distiller (global by default; the
+references, without SyncBN, use per-rank statistics).
 """
 
 from __future__ import annotations
