@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.ab import (
     AB,
@@ -23,6 +22,12 @@ from pckd.methods.ab import (
 )
 from pckd.methods.base import method_registry
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -124,19 +129,6 @@ def test_defaults_registry_and_validation():
     assert not in_init_stage(1, 0)
 
 
-class NormaliseOnly:
-    """Augmenter stand-in: the standard view is the image scaled to roughly zero mean, unit variance."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - 0.5) / 0.25
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseOnly())
-
-
 def build(teacher: str = "resnet8x4", student: str = "resnet8", **kw) -> AB:
     torch.manual_seed(0)
     d = AB(create_model(student, K), create_model(teacher, K), ABParams(**kw), num_classes=K)
@@ -146,7 +138,7 @@ def build(teacher: str = "resnet8x4", student: str = "resnet8", **kw) -> AB:
 
 def test_stage_switch_at_init_epochs():
     d = build("resnet8", "resnet8", init_epochs=2)
-    batch = make_batch()
+    batch = make_batch(B, K)
     assert set(d.forward_train(batch, 1).losses) == {"ab_init"}
     assert set(d.forward_train(batch, 2).losses) == {"ab_init"}
     out = d.forward_train(batch, 3)
@@ -164,8 +156,8 @@ def test_init_step_trains_student_features_and_connectors(teacher_name, student_
     d = build(teacher_name, student_name)
     student, teacher = d.student, d.teacher
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    batch = make_batch()
+    before = teacher_snapshot(teacher)
+    batch = make_batch(B, K)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"ab_init"} and out.losses["ab_init"].dim() == 0
     assert torch.isfinite(out.losses["ab_init"]) and out.losses["ab_init"].item() > 0
@@ -188,11 +180,9 @@ def test_init_step_trains_student_features_and_connectors(teacher_name, student_
     reach = torch.autograd.grad(sum(f.sum() for f in student.forward_features(x).stages), params, allow_unused=True)
     assert all(p.grad is None for p in student.classifier_layer.parameters())
     assert all((p.grad is None) == (r is None) for p, r in zip(params, reach))
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.connectors.parameters())
+    assert_grads_reach(d.connectors, nonzero=True)
     assert d.extra_parameters() == sum(p.numel() for p in d.connectors.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert_teacher_untouched(teacher, before)
 
 
 def test_main_stage_trains_student_only_and_sgd_skips_untouched_parameters():
@@ -201,13 +191,13 @@ def test_main_stage_trains_student_only_and_sgd_skips_untouched_parameters():
     classifier = [p.detach().clone() for p in d.student.classifier_layer.parameters()]
     # init step: the classifier has no gradient, so SGD (weight decay included) leaves it exactly as it was
     opt.zero_grad(set_to_none=True)
-    d.forward_train(make_batch(0), 1).total.backward()
+    d.forward_train(make_batch(B, K, 0), 1).total.backward()
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(classifier, d.student.classifier_layer.parameters()))
     connectors = [p.detach().clone() for p in d.connectors.parameters()]
     # main stage with the default ab_weight = 0: CE only, the connectors are frozen (momentum and decay included)
     opt.zero_grad(set_to_none=True)
-    out = d.forward_train(make_batch(1), 31)
+    out = d.forward_train(make_batch(B, K, 1), 31)
     assert set(out.losses) == {"ce"} and torch.isfinite(out.losses["ce"])
     out.total.backward()
     assert all(p.grad is not None for p in d.student.parameters())

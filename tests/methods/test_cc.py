@@ -11,10 +11,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pckd.data.batch import Batch
 from pckd.methods.base import method_registry
-from pckd.methods.cc import CC, CCParams, cc_gaussian_loss, cc_repdistiller_loss, gaussian_correlation
+from pckd.methods.cc import (
+    CC,
+    CCParams,
+    cc_gaussian_loss,
+    cc_repdistiller_loss,
+    gaussian_correlation,
+)
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    spy_features,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -97,44 +109,17 @@ def test_both_sides_receive_gradients():
 
 
 # ---- training step on real zoo pairs -------------------------------------------------------------------------
-class NormaliseAugmenter:
-    """Deterministic: only scales the uint8 images."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        return self.standard(images)
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseAugmenter())
-
-
-def spy(model: torch.nn.Module, store: dict, key: str) -> None:
-    """Record the FeatureOutput of every forward_features call of ``model``."""
-    original = model.forward_features
-
-    def wrapped(x):
-        store[key] = out = original(x)
-        return out
-
-    model.forward_features = wrapped
-
-
 def run_step(teacher_name: str, student_name: str, **params) -> SimpleNamespace:
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
     d = CC(student, teacher, CCParams(**params), num_classes=K)
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = teacher_snapshot(teacher)
     feats: dict = {}
-    spy(teacher, feats, "t")
-    spy(student, feats, "s")
-    out = d.forward_train(make_batch(), 1)
+    spy_features(teacher, feats, "t")
+    spy_features(student, feats, "s")
+    out = d.forward_train(make_batch(B, K), 1)
     out.total.backward()
     return SimpleNamespace(d=d, out=out, feats=feats, before=before)
 
@@ -146,14 +131,10 @@ def step(request):
 
 def check_gradients_and_teacher(step: SimpleNamespace) -> None:
     d = step.d
-    assert all(p.grad is not None for p in d.student.parameters())
+    assert_grads_reach(d.student)
     for head in (d.embed_s, d.embed_t):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
-    teacher = d.teacher
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    after = teacher.state_dict()
-    assert all(torch.equal(step.before[k], after[k]) for k in step.before)
+        assert_grads_reach(head, nonzero=True)
+    assert_teacher_untouched(d.teacher, step.before)
 
 
 def test_step_losses_named_finite_and_wired_to_embedded_pooled_features(step):

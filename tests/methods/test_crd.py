@@ -23,6 +23,13 @@ from pckd.methods.crd import (
 )
 from pckd.models import create_model
 from pckd.models.interface import FeatureOutput
+from tests.methods.scaffold import (
+    NormalisingAugmenter,
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 N_DATA = 64
 NUM_CLASSES = 10
@@ -144,18 +151,6 @@ def test_uniform_negatives_skip_only_the_anchor():
 
 
 # ---- the Distiller -------------------------------------------------------------------------------------------
-class PlainAugmenter:
-    def standard(self, images: Tensor) -> Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-
-def make_batch(seed: int, index: Tensor, b: int = 4) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, NUM_CLASSES, (b,), generator=g)
-    return Batch(images=images, labels=labels, index=index, augment=PlainAugmenter())
-
-
 def make(teacher: str = "resnet8x4", student: str = "resnet8", **params) -> CRD:
     torch.manual_seed(0)
     t, s = create_model(teacher, NUM_CLASSES), create_model(student, NUM_CLASSES)
@@ -176,22 +171,20 @@ def test_bank_initialisation_range_and_buffers():
 @pytest.mark.parametrize("kd_weight", [0.0, 1.0])
 def test_forward_train_step(kd_weight):
     d = make(kd_weight=kd_weight)
-    teacher_state = copy.deepcopy(d.teacher.state_dict())
+    teacher_state = teacher_snapshot(d.teacher)
     banks = d.memory_s.clone(), d.memory_t.clone()
     index = torch.tensor([3, 17, 40, 63])
-    batch = make_batch(0, index)
+    batch = make_batch(4, NUM_CLASSES, 0, index=index)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == ({"ce", "crd", "kd"} if kd_weight else {"ce", "crd"})
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
     assert out.logits.shape == (4, NUM_CLASSES)
     out.total.backward()
 
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.student.parameters())
+    assert_grads_reach(d.student, finite=True)
     for head in (d.embed_s, d.embed_t):
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
-    assert all(p.grad is None for p in d.teacher.parameters())
-    for k, v in d.teacher.state_dict().items():
-        assert torch.equal(v, teacher_state[k]), k
+        assert_grads_reach(head, nonzero=True)
+    assert_teacher_untouched(d.teacher, teacher_state)
 
     # banks: rows of the batch moved and are unit vectors, the others untouched; labels recorded; Z set
     others = [i for i in range(N_DATA) if i not in index.tolist()]
@@ -209,7 +202,7 @@ def test_step_loss_equals_naive_formula_on_the_old_banks():
     """Replays the step's RNG: student anchors score against the teacher bank and vice versa, Z from batch 1."""
     d = make(crd_weight=0.8)
     banks = d.memory_s.clone(), d.memory_t.clone()
-    batch = make_batch(2, torch.tensor([5, 6, 30, 31]))
+    batch = make_batch(4, NUM_CLASSES, 2, index=torch.tensor([5, 6, 30, 31]))
     rng = torch.get_rng_state()
     out = d.forward_train(batch, 1)
 
@@ -242,7 +235,7 @@ def test_z_is_estimated_once_then_fixed():
     assert [t.item() for t in again] == [z_s.item(), z_t.item()]
     # a training step no longer changes it
     before = d.z.clone()
-    d.forward_train(make_batch(1, torch.tensor([0, 1, 2, 3])), 1)
+    d.forward_train(make_batch(4, NUM_CLASSES, 1, index=torch.tensor([0, 1, 2, 3])), 1)
     assert torch.equal(d.z, before)
     # loading a state with Z unset makes the next call estimate again
     state = d.state_dict()
@@ -254,9 +247,10 @@ def test_z_is_estimated_once_then_fixed():
 
 def test_same_rng_state_gives_identical_steps():
     d = make()
-    d.forward_train(make_batch(5, torch.tensor([8, 9, 10, 11])), 1)  # Z set, some labels known
+    # Z set, some labels known
+    d.forward_train(make_batch(4, NUM_CLASSES, 5, index=torch.tensor([8, 9, 10, 11])), 1)
     saved_module, saved_rng = copy.deepcopy(d.state_dict()), torch.get_rng_state()
-    batch = make_batch(6, torch.tensor([20, 21, 50, 2]))
+    batch = make_batch(4, NUM_CLASSES, 6, index=torch.tensor([20, 21, 50, 2]))
     first = d.forward_train(batch, 1)
     banks = d.memory_s.clone(), d.memory_t.clone()
     d.load_state_dict(saved_module)
@@ -269,7 +263,7 @@ def test_same_rng_state_gives_identical_steps():
 
 def test_uniform_negatives_step_and_different_shapes():
     d = make(teacher="resnet8", student="wrn_16_1", negatives="uniform")
-    out = d.forward_train(make_batch(7, torch.tensor([0, 1, 2, 3])), 1)
+    out = d.forward_train(make_batch(4, NUM_CLASSES, 7, index=torch.tensor([0, 1, 2, 3])), 1)
     assert set(out.losses) == {"ce", "crd"} and torch.isfinite(out.total)
     assert (d.bank_labels == -1).all()  # uniform negatives need no labels
 
@@ -319,7 +313,7 @@ def _ddp_setup() -> tuple[CRD, Batch]:
     method = CRD(FakeModel(6), FakeModel(5), CRDParams(nce_k=12, feat_dim=8), NUM_CLASSES, train_size=N_DATA)
     g = torch.Generator().manual_seed(9)
     images = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
-    batch = Batch(images, torch.tensor([1, 2, 1, 3]), torch.tensor([7, 40, 12, 3]), PlainAugmenter())
+    batch = Batch(images, torch.tensor([1, 2, 1, 3]), torch.tensor([7, 40, 12, 3]), NormalisingAugmenter())
     return method, batch
 
 

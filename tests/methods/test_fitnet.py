@@ -6,10 +6,15 @@ import pytest
 import torch
 from torch import nn
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.fitnet import FitNet, FitNetParams, HintRegressor, hint_loss
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 K = 10
 
@@ -65,21 +70,6 @@ def test_params_validate():
 
 
 # ---- one training step on real zoo models -------------------------------------------------------------------
-class NormaliseOnly:
-    """Augmenter stand-in: the standard view is the image scaled to roughly zero mean, unit variance."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - 0.5) / 0.25
-
-
-def make_batch(b: int = 4, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(
-        images=images, labels=torch.randint(0, K, (b,), generator=g), index=torch.arange(b), augment=NormaliseOnly()
-    )
-
-
 # Small stand-ins for the paper's resnet32x4 -> resnet8x4 and wrn_40_2 -> wrn_16_2 (same families, different
 # widths: 1x1 regressor), plus resnet8 -> MobileNetV2 whose stage-2 map is half the teacher's (transposed conv).
 @pytest.mark.parametrize(
@@ -96,8 +86,8 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name, conv_type):
     d = FitNet(student, teacher, FitNetParams(), num_classes=K)
     assert type(d.regressor.conv) is conv_type
     d.train()
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    batch = make_batch()
+    before = teacher_snapshot(teacher)
+    batch = make_batch(4, K)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"ce", "hint"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
@@ -110,13 +100,11 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name, conv_type):
         hint = teacher.forward_features(x).stages[2].double()
     assert out.losses["hint"].item() == pytest.approx(100.0 * ((guided - hint) ** 2).mean().item(), rel=1e-5)
     out.total.backward()
-    assert all(p.grad is not None for p in student.parameters())
+    assert_grads_reach(student)
     head = list(d.regressor.parameters())
-    assert head and all(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+    assert_grads_reach(head, nonzero=True)
     assert d.extra_parameters() == sum(p.numel() for p in head)
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert_teacher_untouched(teacher, before)
 
 
 def test_hint_layer_out_of_range_is_rejected():

@@ -9,12 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.base import method_registry
 from pckd.methods.fsp import FSP, FSPParams, check_fsp_pair, fsp_losses, fsp_matrix
 from pckd.models import create_model
 from pckd.models.interface import feature_shapes
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -91,17 +96,6 @@ def test_defaults_registry_and_validation():
 
 
 # ---- training steps on real zoo pairs ------------------------------------------------------------------------
-class NormaliseOnly:
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - 0.5) / 0.25
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseOnly())
-
-
 def build(teacher: str = "resnet32", student: str = "resnet20", **kw) -> FSP:
     torch.manual_seed(0)
     d = FSP(create_model(student, K), create_model(teacher, K), FSPParams(**kw), num_classes=K)
@@ -111,7 +105,7 @@ def build(teacher: str = "resnet32", student: str = "resnet20", **kw) -> FSP:
 
 def test_stage_switch_at_init_epochs():
     d = build("resnet8", "resnet8", init_epochs=2)
-    batch = make_batch()
+    batch = make_batch(B, K)
     assert set(d.forward_train(batch, 1).losses) == {"fsp_init"}
     assert set(d.forward_train(batch, 2).losses) == {"fsp_init"}
     out = d.forward_train(batch, 3)
@@ -125,8 +119,8 @@ def test_init_step_on_resnet32_to_resnet20():
     d = build()
     student, teacher = d.student, d.teacher
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    batch = make_batch()
+    before = teacher_snapshot(teacher)
+    batch = make_batch(B, K)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"fsp_init"} and out.logits.shape == (B, K)
     assert torch.isfinite(out.losses["fsp_init"]) and out.losses["fsp_init"].item() > 0
@@ -142,17 +136,15 @@ def test_init_step_on_resnet32_to_resnet20():
     for p in student.parameters():  # no CE in the init stage: only the classifier gets nothing
         assert (p.grad is None) == (id(p) in classifier)
     assert d.extra_parameters() == 0
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert_teacher_untouched(teacher, before)
 
 
 def test_main_stage_step_is_cross_entropy_on_the_student():
     d = build()
-    out = d.forward_train(make_batch(1), 31)
+    out = d.forward_train(make_batch(B, K, 1), 31)
     assert set(out.losses) == {"ce"} and torch.isfinite(out.losses["ce"])
     out.total.backward()
-    assert all(p.grad is not None for p in d.student.parameters())
+    assert_grads_reach(d.student)
     assert all(p.grad is None for p in d.teacher.parameters())
 
 

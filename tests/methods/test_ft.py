@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.base import method_registry
 from pckd.methods.ft import (
@@ -24,6 +23,7 @@ from pckd.methods.ft import (
     reconstruction_loss,
 )
 from pckd.models import create_model
+from tests.methods.scaffold import make_batch
 
 K = 10
 B = 4
@@ -127,17 +127,6 @@ def test_defaults_registry_and_validation():
 
 
 # ---- training steps on real zoo pairs ------------------------------------------------------------------------
-class NormaliseOnly:
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - 0.5) / 0.25
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseOnly())
-
-
 def build(teacher: str, student: str, **kw) -> FT:
     torch.manual_seed(0)
     d = FT(create_model(student, K), create_model(teacher, K), FTParams(**kw), num_classes=K)
@@ -155,7 +144,7 @@ def unchanged(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
 
 def test_stage_switch_at_init_epochs():
     d = build("resnet8", "resnet8", init_epochs=2)
-    batch = make_batch()
+    batch = make_batch(B, K)
     assert set(d.forward_train(batch, 1).losses) == {"ft_init"}
     assert set(d.forward_train(batch, 2).losses) == {"ft_init"}
     assert set(d.forward_train(batch, 3).losses) == {"ce", "ft"}
@@ -172,7 +161,7 @@ def test_init_stage_trains_only_the_paraphraser(teacher_name, student_name):
     t_before, s_before, tr_before = snapshot(teacher), snapshot(student), snapshot(d.translator)
     opt = torch.optim.SGD([p for p in d.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4)
     p_before = snapshot(d.paraphraser)
-    batch = make_batch()
+    batch = make_batch(B, K)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"ft_init"} and out.logits.shape == (B, K)
     assert student.training  # its mode is restored after the eval-mode logits pass
@@ -203,7 +192,7 @@ def test_main_stage_trains_student_and_translator_with_frozen_paraphraser(teache
     teacher, student = d.teacher, d.student
     t_before, p_before = snapshot(teacher), snapshot(d.paraphraser)
     opt = torch.optim.SGD([p for p in d.parameters() if p.requires_grad], lr=0.1, momentum=0.9, weight_decay=5e-4)
-    batch = make_batch(1)
+    batch = make_batch(B, K, 1)
     out = d.forward_train(batch, 31)
     assert set(out.losses) == {"ce", "ft"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())

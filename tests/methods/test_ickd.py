@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 from torch import Tensor
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.ickd import ICKD, ICKDParams, channel_gram, ickd_loss
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 NUM_CLASSES = 10
 
@@ -73,18 +77,6 @@ def test_loss_rejects_channel_mismatch():
 
 
 # ---- the Distiller -------------------------------------------------------------------------------------------
-class PlainAugmenter:
-    def standard(self, images: Tensor) -> Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-
-def make_batch(seed: int = 0, b: int = 4) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.randint(0, NUM_CLASSES, (b,), generator=g)
-    return Batch(images=images, labels=labels, index=torch.arange(b), augment=PlainAugmenter())
-
-
 def make(teacher: str, student: str, **params) -> ICKD:
     torch.manual_seed(0)
     d = ICKD(create_model(student, NUM_CLASSES), create_model(teacher, NUM_CLASSES), ICKDParams(**params),
@@ -99,23 +91,21 @@ def make(teacher: str, student: str, **params) -> ICKD:
 )
 def test_forward_train_step(teacher, student, kd_weight):
     d = make(teacher, student, kd_weight=kd_weight)
-    teacher_state = copy.deepcopy(d.teacher.state_dict())
-    out = d.forward_train(make_batch(), 1)
+    teacher_state = teacher_snapshot(d.teacher)
+    out = d.forward_train(make_batch(4, NUM_CLASSES), 1)
     assert set(out.losses) == ({"ce", "kd", "ickd"} if kd_weight else {"ce", "ickd"})
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
     assert out.logits.shape == (4, NUM_CLASSES)
     out.total.backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.student.parameters())
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.embed.parameters())
-    assert all(p.grad is None for p in d.teacher.parameters())
-    for k, v in d.teacher.state_dict().items():
-        assert torch.equal(v, teacher_state[k]), k
+    assert_grads_reach(d.student, finite=True)
+    assert_grads_reach(d.embed, nonzero=True)
+    assert_teacher_untouched(d.teacher, teacher_state)
     assert d.extra_parameters() == sum(p.numel() for p in d.embed.parameters())
 
 
 def test_step_loss_is_weighted_formula_of_the_embedded_maps():
     d = make("resnet8", "wrn_16_1", ickd_weight=2.5)
-    batch = make_batch(3)
+    batch = make_batch(4, NUM_CLASSES, 3)
     out = d.forward_train(batch, 1)
     x = batch.augment.standard(batch.images)
     with torch.no_grad():

@@ -8,10 +8,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.lskd import LSKD, LSKDParams, lskd_loss, lskd_per_sample, standardize
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    NormalisingAugmenter,
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 
 # ---- naive reference ------------------------------------------------------------------------------------
@@ -93,26 +99,13 @@ def test_invalid_params_name_the_key(key, value):
 
 
 # ---- distiller with tiny real zoo models ----------------------------------------------------------------
-class NormaliseOnly:
-    """Deterministic augmenter: just scales uint8 images to [0, 1] floats."""
-
-    def standard(self, images: Tensor) -> Tensor:
-        return images.float() / 255
-
-
-def _batch(b: int = 4, k: int = 10) -> Batch:
-    g = torch.Generator().manual_seed(2)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images=images, labels=torch.arange(b) % k, index=torch.arange(b), augment=NormaliseOnly())
-
-
 def test_distiller_step_losses_gradients_and_frozen_teacher():
     torch.manual_seed(0)
     teacher, student = create_model("resnet8", 10), create_model("resnet8", 10)
     method = LSKD(student, teacher, LSKDParams(), num_classes=10)
     method.train()
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    batch = _batch()
+    before = teacher_snapshot(teacher)
+    batch = make_batch(4, 10, seed=2, labels="cycle", augment=NormalisingAugmenter(mean=0.0, std=1.0))
     out = method.forward_train(batch, 1)
     assert set(out.losses) == {"ce", "lskd"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
@@ -125,9 +118,7 @@ def test_distiller_step_losses_gradients_and_frozen_teacher():
     assert out.losses["lskd"].item() == pytest.approx(9.0 * naive, rel=1e-4)
 
     out.total.backward()
-    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in student.parameters())
+    assert_grads_reach(student, finite=True)
     assert any(q.grad.abs().sum() > 0 for q in student.parameters())
-    assert all(q.grad is None for q in teacher.parameters())
-    assert not teacher.training
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert_teacher_untouched(teacher, before)
     assert method.extra_parameters() == 0

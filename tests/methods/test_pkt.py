@@ -10,10 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pckd.data.batch import Batch
 from pckd.methods.base import method_registry
 from pckd.methods.pkt import PKT, PKTParams, pkt_loss
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    spy_features,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -91,33 +97,6 @@ def test_zero_row_gives_a_finite_loss():
 
 
 # ---- training step on real zoo pairs -------------------------------------------------------------------------
-class NormaliseAugmenter:
-    """Deterministic: only scales the uint8 images."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        return self.standard(images)
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseAugmenter())
-
-
-def spy(model: torch.nn.Module, store: dict, key: str) -> None:
-    """Record the FeatureOutput of every forward_features call of ``model``."""
-    original = model.forward_features
-
-    def wrapped(x):
-        store[key] = out = original(x)
-        return out
-
-    model.forward_features = wrapped
-
-
 @pytest.fixture(scope="module", params=STEP_PAIRS, ids=lambda p: "-".join(p))
 def step(request):
     torch.manual_seed(0)
@@ -125,11 +104,11 @@ def step(request):
     d = PKT(student, teacher, PKTParams(), num_classes=K)
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = teacher_snapshot(teacher)
     feats: dict = {}
-    spy(teacher, feats, "t")
-    spy(student, feats, "s")
-    out = d.forward_train(make_batch(), 1)
+    spy_features(teacher, feats, "t")
+    spy_features(student, feats, "s")
+    out = d.forward_train(make_batch(B, K), 1)
     out.total.backward()
     return SimpleNamespace(d=d, out=out, feats=feats, before=before)
 
@@ -145,13 +124,9 @@ def test_step_losses_named_finite_and_wired_to_pooled_features(step):
 
 
 def test_step_gradients_reach_student_not_teacher(step):
-    assert all(p.grad is not None for p in step.d.student.parameters())
+    assert_grads_reach(step.d.student)
     assert step.d.extra_parameters() == 0  # PKT has no heads
-    teacher = step.d.teacher
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    after = teacher.state_dict()
-    assert all(torch.equal(step.before[k], after[k]) for k in step.before)
+    assert_teacher_untouched(step.d.teacher, step.before)
 
 
 # ---- params, registry, configs -------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import Tensor
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.reviewkd import (
     ABF,
@@ -22,6 +21,13 @@ from pckd.methods.reviewkd import (
 )
 from pckd.models import create_model
 from pckd.models.interface import FeatureShapes
+from tests.methods.scaffold import (
+    NormalisingAugmenter,
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 K = 10
 
@@ -183,20 +189,6 @@ def test_abf_fusion_matches_explicit_computation():
 
 
 # ---- the Distiller on zoo pairs --------------------------------------------------------------------------
-class NormaliseOnly:
-    def standard(self, images: Tensor) -> Tensor:
-        return (images.float() - 128.0) / 64.0
-
-    def evaluate(self, images: Tensor) -> Tensor:
-        return self.standard(images)
-
-
-def _batch(b: int = 2) -> Batch:
-    g = torch.Generator().manual_seed(3)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images=images, labels=torch.arange(b) % K, index=torch.arange(b), augment=NormaliseOnly())
-
-
 # resnet8x4 stands in for resnet32x4 as ShuffleV1's teacher: identical feature shapes (see SHAPES) at a quarter of
 # the CPU time; a narrow mid width keeps ShuffleV1's 2x-upsampled levels cheap too.
 @pytest.mark.parametrize("teacher, student, max_mid, mid", [("resnet32x4", "resnet8x4", 512, 256),
@@ -209,8 +201,8 @@ def test_forward_train_on_zoo_pairs(teacher, student, max_mid, mid):
     d = ReviewKD(s_model, t_model, params, num_classes=K).train()
     assert d.mid_channels == mid
     assert all(abf.reduce[0].out_channels == mid for abf in d.fusion.abfs)
-    t_state = {k: v.clone() for k, v in t_model.state_dict().items()}
-    batch = _batch()
+    t_state = teacher_snapshot(t_model)
+    batch = make_batch(2, K, seed=3, labels="cycle", augment=NormalisingAugmenter(divisor=1.0, mean=128.0, std=64.0))
 
     out = d.forward_train(batch, epoch=5)
     assert set(out.losses) == {"ce", "reviewkd"}
@@ -220,22 +212,19 @@ def test_forward_train_on_zoo_pairs(teacher, student, max_mid, mid):
     assert out.logits.shape == (batch.size, K)
     out.total.backward()
 
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.student.parameters())
+    assert_grads_reach(d.student, finite=True)
     heads = list(d.fusion.parameters())
-    assert heads and all(p.grad is not None and p.grad.abs().sum() > 0 for p in heads)
+    assert_grads_reach(heads, nonzero=True)
     assert d.extra_parameters() == sum(p.numel() for p in heads)
     # the teacher: out of the module tree, no gradient, eval mode, state (incl. BN statistics) unchanged
-    assert all(p.grad is None for p in t_model.parameters())
-    assert not t_model.training
+    assert_teacher_untouched(t_model, t_state)
     assert not any(k.startswith(("_teacher", "teacher")) for k in d.state_dict())
-    for k, v in t_model.state_dict().items():
-        assert torch.equal(v, t_state[k]), k
 
 
 def test_warmup_scales_the_feature_loss_only():
     torch.manual_seed(0)
     d = ReviewKD(create_model("resnet8", K), create_model("resnet14", K), ReviewKDParams(), num_classes=K).train()
-    batch = _batch()
+    batch = make_batch(2, K, seed=3, labels="cycle", augment=NormalisingAugmenter(divisor=1.0, mean=128.0, std=64.0))
     early, late = d.forward_train(batch, epoch=1), d.forward_train(batch, epoch=40)
     assert early.stats["hcl"].item() == pytest.approx(late.stats["hcl"].item(), rel=1e-5)
     assert early.losses["reviewkd"].item() == pytest.approx(late.losses["reviewkd"].item() / 20, rel=1e-5)

@@ -10,10 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pckd.data.batch import Batch
 from pckd.methods.base import method_registry
 from pckd.methods.rkd import RKD, RKDParams, rkd_angle_loss, rkd_distance_loss
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    spy_features,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -120,33 +126,6 @@ def test_single_sample_batch_is_finite_and_zero():
 
 
 # ---- training step on real zoo pairs -------------------------------------------------------------------------
-class NormaliseAugmenter:
-    """Deterministic: only scales the uint8 images."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        return self.standard(images)
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseAugmenter())
-
-
-def spy(model: torch.nn.Module, store: dict, key: str) -> None:
-    """Record the FeatureOutput of every forward_features call of ``model``."""
-    original = model.forward_features
-
-    def wrapped(x):
-        store[key] = out = original(x)
-        return out
-
-    model.forward_features = wrapped
-
-
 @pytest.fixture(scope="module", params=STEP_PAIRS, ids=lambda p: "-".join(p))
 def step(request):
     torch.manual_seed(0)
@@ -154,11 +133,11 @@ def step(request):
     d = RKD(student, teacher, RKDParams(), num_classes=K)
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = teacher_snapshot(teacher)
     feats: dict = {}
-    spy(teacher, feats, "t")
-    spy(student, feats, "s")
-    out = d.forward_train(make_batch(), 1)
+    spy_features(teacher, feats, "t")
+    spy_features(student, feats, "s")
+    out = d.forward_train(make_batch(B, K), 1)
     out.total.backward()
     return SimpleNamespace(d=d, out=out, feats=feats, before=before)
 
@@ -175,13 +154,9 @@ def test_step_losses_named_finite_and_wired_to_pooled_features(step):
 
 
 def test_step_gradients_reach_student_not_teacher(step):
-    assert all(p.grad is not None for p in step.d.student.parameters())
+    assert_grads_reach(step.d.student)
     assert step.d.extra_parameters() == 0  # RKD has no heads
-    teacher = step.d.teacher
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    after = teacher.state_dict()
-    assert all(torch.equal(step.before[k], after[k]) for k in step.before)
+    assert_teacher_untouched(step.d.teacher, step.before)
 
 
 # ---- params, registry, configs -------------------------------------------------------------------------------
@@ -193,7 +168,7 @@ def test_defaults_registry_and_kd_option():
         RKDParams(angle_weight=-1)
     torch.manual_seed(0)
     d = RKD(create_model("resnet8", K), create_model("resnet8", K), RKDParams(kd_weight=0.9), num_classes=K)
-    out = d.forward_train(make_batch(1), 1)
+    out = d.forward_train(make_batch(B, K, 1), 1)
     assert set(out.losses) == {"ce", "rkd_dist", "rkd_angle", "kd"} and torch.isfinite(out.total)
 
 

@@ -7,10 +7,15 @@ import math
 import pytest
 import torch
 
-from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.sp import SP, SPParams, similarity_matrix, sp_loss
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    teacher_snapshot,
+)
 
 K = 10
 
@@ -78,21 +83,6 @@ def test_params_validate():
 
 
 # ---- one training step on real zoo models -------------------------------------------------------------------
-class NormaliseOnly:
-    """Augmenter stand-in: the standard view is the image scaled to roughly zero mean, unit variance."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255 - 0.5) / 0.25
-
-
-def make_batch(b: int = 4, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (b, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(
-        images=images, labels=torch.randint(0, K, (b,), generator=g), index=torch.arange(b), augment=NormaliseOnly()
-    )
-
-
 # Small stand-ins for the paper's resnet32x4 -> resnet8x4 and wrn_40_2 -> wrn_16_2 (same families, different
 # widths, so the last stages differ in channels).
 @pytest.mark.parametrize("teacher_name, student_name", [("resnet8x4", "resnet8"), ("wrn_16_2", "wrn_16_1")])
@@ -101,8 +91,8 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name):
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
     d = SP(student, teacher, SPParams(), num_classes=K)
     d.train()
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    batch = make_batch()
+    before = teacher_snapshot(teacher)
+    batch = make_batch(4, K)
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"ce", "sp"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
@@ -113,8 +103,6 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name):
         s, t = student.forward_features(x).stages[-1], teacher.forward_features(x).stages[-1]
     torch.testing.assert_close(out.losses["sp"].detach(), 3000.0 * sp_loss(s, t), rtol=1e-4, atol=1e-6)
     out.total.backward()
-    assert all(p.grad is not None for p in student.parameters())
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert_grads_reach(student)
+    assert_teacher_untouched(teacher, before)
     assert d.extra_parameters() == 0

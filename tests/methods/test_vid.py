@@ -10,10 +10,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pckd.data.batch import Batch
 from pckd.methods.base import method_registry
 from pckd.methods.vid import VID, VIDHead, VIDParams, match_spatial, vid_nll
 from pckd.models import create_model
+from tests.methods.scaffold import (
+    assert_grads_reach,
+    assert_teacher_untouched,
+    make_batch,
+    spy_features,
+    teacher_snapshot,
+)
 
 K = 10
 B = 4
@@ -122,33 +128,6 @@ def test_gradients_reach_regressor_and_alpha_not_target():
 
 
 # ---- training step on real zoo pairs -------------------------------------------------------------------------
-class NormaliseAugmenter:
-    """Deterministic: only scales the uint8 images."""
-
-    def standard(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - 0.5) / 0.25
-
-    def evaluate(self, images: torch.Tensor) -> torch.Tensor:
-        return self.standard(images)
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (B, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return Batch(images, torch.randint(0, K, (B,), generator=g), torch.arange(B), NormaliseAugmenter())
-
-
-def spy(model: torch.nn.Module, store: dict, key: str) -> None:
-    """Record the FeatureOutput of every forward_features call of ``model``."""
-    original = model.forward_features
-
-    def wrapped(x):
-        store[key] = out = original(x)
-        return out
-
-    model.forward_features = wrapped
-
-
 @pytest.fixture(scope="module", params=STEP_PAIRS, ids=lambda p: "-".join(p))
 def step(request):
     torch.manual_seed(0)
@@ -156,11 +135,11 @@ def step(request):
     d = VID(student, teacher, VIDParams(), num_classes=K)
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
-    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    before = teacher_snapshot(teacher)
     feats: dict = {}
-    spy(teacher, feats, "t")
-    spy(student, feats, "s")
-    out = d.forward_train(make_batch(), 1)
+    spy_features(teacher, feats, "t")
+    spy_features(student, feats, "s")
+    out = d.forward_train(make_batch(B, K), 1)
     out.total.backward()
     return SimpleNamespace(d=d, out=out, feats=feats, before=before)
 
@@ -186,13 +165,9 @@ def test_step_heads_sized_and_trained_teacher_untouched(step):
         c_s, c_t = s.shape[1], t.shape[1]
         assert [tuple(c.weight.shape) for c in convs] == [(c_t, c_s, 1, 1), (c_t, c_t, 1, 1), (c_t, c_t, 1, 1)]
         assert all(c.bias is None for c in convs)
-        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
-    assert all(p.grad is not None for p in d.student.parameters())
-    teacher = d.teacher
-    assert all(p.grad is None for p in teacher.parameters())
-    assert not teacher.training
-    after = teacher.state_dict()
-    assert all(torch.equal(step.before[k], after[k]) for k in step.before)
+        assert_grads_reach(head, nonzero=True)
+    assert_grads_reach(d.student)
+    assert_teacher_untouched(d.teacher, step.before)
 
 
 # ---- params, registry, configs -------------------------------------------------------------------------------
