@@ -74,9 +74,9 @@ from torch import Tensor, nn
 
 from pckd.data.batch import Batch
 from pckd.errors import UserError
-from pckd.methods.at import as_float
 from pckd.methods.base import Distiller, StepOutput, register_method
 from pckd.methods.fitnet import regressor_conv
+from pckd.methods.precision import as_float
 from pckd.models.interface import feature_shapes
 
 # RepDistiller's ABLoss multiplies every stage's loss by 3/1000 (``l / 1000 * 3``).

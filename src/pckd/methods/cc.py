@@ -37,18 +37,13 @@ from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
 from pckd.methods.kd import kd_loss
-from pckd.methods.precision import no_autocast
+from pckd.methods.precision import as_float, no_autocast
 from pckd.models.interface import feature_shapes
 
 KERNELS = ("repdistiller", "gaussian")
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
-def _float(x: Tensor) -> Tensor:
-    """At least float32 (float64 stays float64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def cc_repdistiller_loss(emb_s: Tensor, emb_t: Tensor) -> Tensor:
     """RepDistiller's correlation loss: mean over consecutive pairs (i, i+1) of ``<|s_i - t_i|, |s_{i+1} - t_{i+1}|>``.
 
@@ -56,7 +51,7 @@ def cc_repdistiller_loss(emb_s: Tensor, emb_t: Tensor) -> Tensor:
     A batch of one sample has no pair and gives 0.
     """
     with no_autocast(emb_s):
-        delta = (_float(emb_s) - _float(emb_t)).abs()
+        delta = (as_float(emb_s) - as_float(emb_t)).abs()
         if delta.shape[0] < 2:
             return delta.sum() * 0.0
         return (delta[:-1] * delta[1:]).sum(dim=1).mean()
@@ -80,8 +75,8 @@ def cc_gaussian_loss(emb_s: Tensor, emb_t: Tensor, gamma: float, order: int) -> 
     ``emb_s``, ``emb_t``: [B, d] embeddings, expected L2-normalised (the Taylor form assumes unit vectors).
     """
     with no_autocast(emb_s):
-        c_s = gaussian_correlation(_float(emb_s), gamma, order)
-        c_t = gaussian_correlation(_float(emb_t), gamma, order)
+        c_s = gaussian_correlation(as_float(emb_s), gamma, order)
+        c_t = gaussian_correlation(as_float(emb_t), gamma, order)
         return (c_s - c_t).pow(2).mean()
 
 
@@ -135,7 +130,7 @@ class CC(Distiller):
     def embed(self, head: nn.Linear, pooled: Tensor) -> Tensor:
         """One side's embedding; L2-normalised for the gaussian form only (RepDistiller's LinearEmbed is not)."""
         z = head(pooled.flatten(1))
-        return F.normalize(_float(z), p=2, dim=1) if self.params.kernel == "gaussian" else z
+        return F.normalize(as_float(z), p=2, dim=1) if self.params.kernel == "gaussian" else z
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from pckd.data.batch import Batch
 from pckd.errors import UserError
-from pckd.methods.at import as_float
 from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.precision import as_float
 from pckd.models.interface import feature_shapes
 
 

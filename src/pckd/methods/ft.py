@@ -60,9 +60,9 @@ from torch import Tensor, nn
 from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.ab import in_init_stage, validate_init_epochs
-from pckd.methods.at import as_float, match_spatial
 from pckd.methods.base import Distiller, StepOutput, register_method
-from pckd.methods.precision import no_autocast
+from pckd.methods.precision import as_float, no_autocast
+from pckd.methods.stage_features import match_spatial
 from pckd.models.interface import feature_shapes
 
 LEAKY_SLOPE = 0.1  # negative slope of every LeakyReLU in the paraphraser and translator (RepDistiller)

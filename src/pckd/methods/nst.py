@@ -30,9 +30,9 @@ from torch import Tensor, nn
 
 from pckd.data.batch import Batch
 from pckd.errors import UserError
-from pckd.methods.at import as_float, check_paired_stages, match_spatial
 from pckd.methods.base import Distiller, StepOutput, register_method
-from pckd.methods.precision import no_autocast
+from pckd.methods.precision import as_float, no_autocast
+from pckd.methods.stage_features import check_paired_stages, match_spatial
 
 
 def poly_kernel_mean(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:

@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from pckd.data.batch import Batch
 from pckd.errors import UserError
-from pckd.methods.at import as_float
 from pckd.methods.base import Distiller, StepOutput, register_method
-from pckd.methods.precision import no_autocast
+from pckd.methods.precision import as_float, no_autocast
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
