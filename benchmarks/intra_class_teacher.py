@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 from pckd.engine.trainer import Trainer
 
 TEMPERATURES = (4.0, 1.0)
@@ -117,7 +117,7 @@ def train_one(method: str, args: argparse.Namespace, work_dir: Path) -> dict[str
         overrides.append(f"data.train_limit={args.train_limit}")
     if method == "intra_class":
         overrides += [f"intra_class.{kv}" for kv in args.intra]
-    cfg = resolve_config(None, overrides)
+    cfg = load_config(None, overrides)
     trainer = Trainer(cfg)
     start = time.perf_counter()
     summary = trainer.fit()

@@ -160,7 +160,7 @@ def _reference_parts(spec: dict[str, Any], images: torch.Tensor,
 def _project_parts(spec: dict[str, Any], images: torch.Tensor, labels: torch.Tensor, channels_last: bool,
                    extras: bool) -> Parts:
     """The trainer's step body as a callable (+ the bare networks and the teacher-mode timings if ``extras``)."""
-    from pckd.config_schema import TrainConfig
+    from pckd.config.schema import TrainConfig
     from pckd.data.augment import BatchAugment
     from pckd.data.loader import InMemoryLoader
     from pckd.engine.build import prepare_teacher

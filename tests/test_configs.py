@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml")
@@ -31,14 +31,14 @@ def test_files_match_generator():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_config_resolves(path):
-    cfg = resolve_config(path)
+    cfg = load_config(path)
     assert cfg.train.epochs > 0 and cfg.output_dir.startswith("runs/")
 
 
 def test_paper_pairs_have_kd_configs():
     gen = _generator()
     for teacher, student in gen.PAIRS:
-        cfg = resolve_config(ROOT / "configs" / "cifar100" / "kd" / f"{teacher}-{student}.yaml")
+        cfg = load_config(ROOT / "configs" / "cifar100" / "kd" / f"{teacher}-{student}.yaml")
         assert (cfg.teacher.arch, cfg.student.arch) == (teacher, student)
         assert cfg.train.lr == (0.01 if student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"} else 0.05)
         assert (cfg.kd.temperature, cfg.kd.ce_weight, cfg.kd.kd_weight) == (4.0, 0.1, 0.9)

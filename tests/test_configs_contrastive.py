@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -42,7 +42,7 @@ def test_ckd_cifar_configs_follow_released_recipe(flavour):
     folder = CONFIGS / "cifar100" / "ckd" / flavour
     assert _yaml_names(folder) == {f"{t}-{s}" for t, s in CKD_RECIPE}
     for (teacher, student), (weight, tau, batch, lr) in CKD_RECIPE.items():
-        cfg = resolve_config(folder / f"{teacher}-{student}.yaml")
+        cfg = load_config(folder / f"{teacher}-{student}.yaml")
         assert cfg.method == "ckd"
         assert (cfg.teacher.arch, cfg.student.arch) == (teacher, student)
         assert cfg.teacher.checkpoint == f"runs/cifar100/teachers/{teacher}/last.pt"
@@ -59,12 +59,12 @@ def test_ckd_cifar_configs_follow_released_recipe(flavour):
 
 
 def test_ckd_flavours_never_share_an_output_dir():
-    dirs = [resolve_config(p).output_dir for p in sorted((CONFIGS / "cifar100" / "ckd").rglob("*.yaml"))]
+    dirs = [load_config(p).output_dir for p in sorted((CONFIGS / "cifar100" / "ckd").rglob("*.yaml"))]
     assert len(dirs) == 22 and len(set(dirs)) == 22
 
 
 def test_ckd_imagenet_config():
-    cfg = resolve_config(CONFIGS / "imagenet" / "ckd" / "e200_cosine" / "resnet34-resnet18.yaml")
+    cfg = load_config(CONFIGS / "imagenet" / "ckd" / "e200_cosine" / "resnet34-resnet18.yaml")
     assert (cfg.method, cfg.teacher.arch, cfg.student.arch) == ("ckd", "torchvision.resnet34", "torchvision.resnet18")
     assert cfg.teacher.checkpoint == "checkpoints/imagenet/resnet34-b627a593.pth"
     assert (cfg.ckd.weight, cfg.ckd.tau) == (10.0, 1.0)
@@ -72,7 +72,7 @@ def test_ckd_imagenet_config():
     assert (cfg.train.batch_size, cfg.train.weight_decay, cfg.train.momentum) == (512, 1e-4, 0.9)
     assert (cfg.data.name, cfg.data.image_size) == ("imagefolder", 224)
     # The KD baseline beside it keeps its own 100-epoch step recipe.
-    kd = resolve_config(CONFIGS / "imagenet" / "kd" / "resnet34-resnet18.yaml")
+    kd = load_config(CONFIGS / "imagenet" / "kd" / "resnet34-resnet18.yaml")
     assert (kd.train.epochs, kd.train.schedule, kd.train.lr) == (100, "multistep", 0.1)
 
 
@@ -80,8 +80,8 @@ def test_intra_class_teachers_for_six_archs():
     folder = CONFIGS / "cifar100" / "teachers_intra_class"
     assert _yaml_names(folder) == set(TEACHER_ARCHS)
     for arch in TEACHER_ARCHS:
-        cfg = resolve_config(folder / f"{arch}.yaml")
-        ce = resolve_config(CONFIGS / "cifar100" / "teachers" / f"{arch}.yaml")
+        cfg = load_config(folder / f"{arch}.yaml")
+        ce = load_config(CONFIGS / "cifar100" / "teachers" / f"{arch}.yaml")
         assert (cfg.method, cfg.student.arch) == ("intra_class", arch)
         assert cfg.output_dir == f"runs/cifar100/teachers_intra_class/{arch}"
         p = cfg.intra_class
@@ -95,11 +95,11 @@ def test_intra_class_teachers_for_six_archs():
 def test_intra_class_students_load_intra_class_teachers():
     folder = CONFIGS / "cifar100" / "intra_class_kd"
     assert _yaml_names(folder) == {f"{t}-{s}" for t, s in KD_PAIRS}
-    teacher_dirs = {resolve_config(p).output_dir
+    teacher_dirs = {load_config(p).output_dir
                     for p in (CONFIGS / "cifar100" / "teachers_intra_class").glob("*.yaml")}
     for teacher, student in KD_PAIRS:
-        cfg = resolve_config(folder / f"{teacher}-{student}.yaml")
-        baseline = resolve_config(CONFIGS / "cifar100" / "kd" / f"{teacher}-{student}.yaml")
+        cfg = load_config(folder / f"{teacher}-{student}.yaml")
+        baseline = load_config(CONFIGS / "cifar100" / "kd" / f"{teacher}-{student}.yaml")
         assert (cfg.method, cfg.teacher.arch, cfg.student.arch) == ("kd", teacher, student)
         assert cfg.teacher.checkpoint == f"runs/cifar100/teachers_intra_class/{teacher}/last.pt"
         assert str(Path(cfg.teacher.checkpoint).parent) in teacher_dirs

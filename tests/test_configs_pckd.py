@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -31,7 +31,7 @@ PCKD_GEN = _load("configs_pckd")
 
 
 def cfg_of(rel: str):
-    return resolve_config(CONFIGS / rel)
+    return load_config(CONFIGS / rel)
 
 
 def nonzero_terms(p) -> set[str]:
@@ -79,7 +79,7 @@ def test_tables_1_2_full_and_without_kd(teacher, student):
 def test_gamma_and_lr_rules_on_every_cifar_pckd_config():
     seen = set()
     for path in sorted((CONFIGS / "cifar100" / "pckd").rglob("*.yaml")):
-        cfg = resolve_config(path)
+        cfg = load_config(path)
         check_common(cfg, cfg.teacher.arch, cfg.student.arch)
         seen.add((cfg.student.arch, cfg.pckd.gamma, cfg.train.lr))
     assert ("resnet20", 1.015, 0.05) in seen and ("wrn_16_2", 1.005, 0.05) in seen

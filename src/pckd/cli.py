@@ -9,16 +9,16 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from pckd.errors import PckdWarning, UserError
+from pckd.errors import PckdWarning, TrainingStopped, UserError
 
 OVERRIDES_HELP = "key=value overrides, e.g. train.epochs=10 data.classes=10 pckd.preview.mode=off"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pckd.config import resolve_config
+    from pckd.config import load_config
     from pckd.engine.launch import run_training
 
-    cfg = resolve_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)
     summary = run_training(cfg)
     if summary is not None:
         print(json.dumps(summary, indent=2))
@@ -34,9 +34,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from pckd.config import resolve_config, to_yaml
+    from pckd.config import load_config, to_yaml
 
-    print(to_yaml(resolve_config(args.config, args.overrides)), end="")
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -171,8 +171,6 @@ def _say(line: str) -> None:
 
 
 def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from pckd.engine.trainer import TrainingStopped
-
     try:
         return func(args)
     except UserError as exc:

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pckd.config import resolve_config, to_yaml
-from pckd.engine.trainer import TrainingStopped, train
+from pckd.config import load_config, to_yaml
+from pckd.engine.trainer import train
+from pckd.errors import TrainingStopped
 
 TEACHER_ARCH = "resnet14"
 STUDENT_ARCH = "resnet8"
@@ -60,7 +61,7 @@ def _config(method: str, run_dir: Path, epochs: int, arch: str, extra: dict[str,
         base["teacher"] = {"arch": TEACHER_ARCH, "checkpoint": teacher_ckpt}
     if extra:
         base[method] = extra
-    return resolve_config(None, [], base=base)
+    return load_config(None, [], base=base)
 
 
 def run_demo(output_dir: str | Path = "runs/demo", epochs_scale: float = 1.0,

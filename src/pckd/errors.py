@@ -13,3 +13,12 @@ class UserError(Exception):
 class PckdWarning(UserWarning):
     """Something the user should know that does not stop the run (e.g. resuming from ``last.prev.pt``);
     the CLI prints it as one ``pckd: warning: ...`` line."""
+
+
+class TrainingStopped(Exception):
+    """Training ended early on purpose (a signal) or by a guard (a non-finite loss); ``exit_code`` says how
+    (0 SIGTERM, 130 SIGINT, 3 non-finite, 1 a checkpoint could not be written)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pckd.config_schema import DataConfig
+from pckd.config.schema import DataConfig
 from pckd.data import build_data, cifar
 from pckd.data.cifar import load_cifar
 from pckd.data.subset import check_labels, limit, select_classes
@@ -182,6 +182,7 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch):
 
 
 def test_unknown_dataset_name():
-    expected = "data.name: unknown dataset 'mnist'; use one of cifar100, cifar10, imagefolder, digits"
+    # the schema's choice refuses it as the section is built, before any data is touched
+    expected = "config key 'data.name'='mnist' is not one of cifar100, cifar10, imagefolder, digits"
     with pytest.raises(UserError, match=expected):
         build_data(DataConfig(name="mnist"), 64, 100, 0, "cpu")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pckd.config_schema import DataConfig
+from pckd.config.schema import DataConfig
 from pckd.data import build_data
 from pckd.data.digits import digits_normalization, load_digits_split
 from pckd.errors import UserError

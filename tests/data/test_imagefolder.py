@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pckd.config_schema import DataConfig
+from pckd.config.schema import DataConfig
 from pckd.data import PreAugmented, build_data
 from pckd.data.loader import epoch_permutation
 from pckd.errors import UserError

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.engine.checkpoint_io import load_checkpoint_file
 
 pytestmark = pytest.mark.slow
@@ -42,10 +43,10 @@ def _overrides(shared_data: Path, teacher: Path, out: Path, epochs: int, extra: 
 
 
 def _train_one_process(method: str, overrides: list[str]) -> None:
-    from pckd.config import resolve_config
+    from pckd.config import load_config
     from pckd.engine.trainer import train
 
-    train(resolve_config(None, [f"method={method}", *overrides]))
+    train(load_config(None, [f"method={method}", *overrides]))
 
 
 def _train_two_ranks(tmp: Path, method: str, overrides: list[str]) -> None:
@@ -115,7 +116,7 @@ def _pckd_distiller():
     from pckd.models import create_model
 
     torch.manual_seed(0)
-    return PCKD(create_model("resnet8", 10), create_model("resnet8", 10), PCKDParams(), 10).double()
+    return PCKD(create_model("resnet8", 10), create_model("resnet8", 10), PCKDParams(), DataInfo(num_classes=10)).double()
 
 
 class _Float64Views:
@@ -181,7 +182,7 @@ def _bn_result(bn: torch.nn.Module, rank: int | None, world: int) -> dict[str, t
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     import torch.distributed as dist
 
-    from pckd.engine.distributed import GlobalBatchNorm, all_gather_rows, convert_batchnorm
+    from pckd.distributed import GlobalBatchNorm, all_gather_rows, convert_batchnorm
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
@@ -233,7 +234,7 @@ def test_global_batchnorm_gather_and_pckd_gradients_match_one_process_in_float64
 def test_teacher_stays_outside_what_ddp_wraps():
     """Only trainable modules enter DDP: the teacher is not in the distiller's tree, keeps plain BatchNorm
     when the student's is converted, and stays in eval mode."""
-    from pckd.engine.distributed import GlobalBatchNorm, convert_batchnorm
+    from pckd.distributed import GlobalBatchNorm, convert_batchnorm
 
     model = _pckd_distiller()
     teacher_params = {id(p) for p in model.teacher.parameters()}

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 
 
 def cifar_slice_config(shared_data: Path, run_dir: Path, method: str, arch: str = "resnet8", epochs: int = 2,
@@ -23,7 +23,7 @@ def cifar_slice_config(shared_data: Path, run_dir: Path, method: str, arch: str 
         overrides.append(f"data.train_limit={train_limit}")
     if teacher is not None:
         overrides += [f"teacher.arch={teacher_arch}", f"teacher.checkpoint={teacher}"]
-    return resolve_config(None, overrides + (extra or []))
+    return load_config(None, overrides + (extra or []))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.trainer import Trainer
 from pckd.methods.base import method_registry
@@ -41,7 +41,7 @@ def test_method_trains_one_epoch_end_to_end(method: str, random_teacher: Path, t
     # Methods with RepDistiller's init stage (AB, FT, FSP): one init epoch, then one main epoch.
     staged = "init_epochs" in {f.name for f in dataclasses.fields(method_registry()[method].params)}
     epochs = ["train.epochs=2", f"{method}.init_epochs=1"] if staged else ["train.epochs=1"]
-    cfg = resolve_config(None, [
+    cfg = load_config(None, [
         f"method={method}", "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={random_teacher}",
         "data.name=digits", "data.train_limit=64", "data.test_limit=40", *epochs, "train.batch_size=16",
         "train.eval_batch_size=40", "train.device=cpu", "train.progress=false", "train.log_interval=2",
@@ -64,5 +64,5 @@ def test_baseline_has_a_config_for_each_paper_pair(method: str) -> None:
     files = sorted(p.stem for p in (CONFIGS / method).glob("*.yaml"))
     expected = sorted(f"{t}-{s}" for t, s in PAPER_PAIRS if method != "fsp" or (t, s) in FSP_PAIRS)
     assert files == expected
-    cfg = resolve_config(CONFIGS / method / f"{files[0]}.yaml", [])
+    cfg = load_config(CONFIGS / method / f"{files[0]}.yaml", [])
     assert cfg.method == method

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.trainer import Trainer, train
 
@@ -73,7 +73,10 @@ def test_pckd_learns_and_writes_preview_outputs(shared_data, trained_teacher, tm
     assert [e["epoch"] for e in history["epochs"]] == [1, 2] and last_epoch["samples"] == 1600
     assert last_epoch["weight_min"] == pytest.approx(min(float(r["weight"]) for r in rows), rel=1e-4)
     assert last_epoch["weight_easy"] == 1.0 and last_epoch["weight_hard"] < 1.0
-    png = (run / "preview_weights.png").read_bytes()
+    assert not (run / "preview_weights.png").exists()  # training writes the data; `pckd report` draws Fig. 6
+    from pckd.report.preview_plot import plot_preview_history, read_history
+
+    png = plot_preview_history(read_history(run), tmp_path / "fig6.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -113,7 +116,7 @@ def test_pckd_resume_after_epoch_one_equals_uninterrupted(shared_data, trained_t
 def test_table7_ce_times_preview_config_never_runs_the_teacher(shared_data, tmp_path):
     table7 = Path(__file__).resolve().parents[2] / "configs/cifar100/pckd/ablations/table7"
     path = table7 / "wrn_40_2-wrn_16_2" / "2_ce_preview.yaml"
-    cfg = resolve_config(path, [
+    cfg = load_config(path, [
         "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={tmp_path / 'absent.pt'}",
         f"data.root={shared_data}", "data.classes=10", "data.train_limit=160", "data.test_limit=200",
         "train.epochs=1", f"train.batch_size={BATCH}", "train.device=cpu", "train.progress=false",

@@ -30,7 +30,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pckd.config import resolve_config
+from pckd.data.info import DataInfo
+from pckd.config import load_config
 from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.trainer import Trainer
 
@@ -42,7 +43,7 @@ TERMS = ("ce", "kd", "ccc", "fa", "ca", "loss")
 def _run(shared_data: Path, teacher: Path, out: Path, flags: list[str]) -> tuple[dict, torch.Tensor, Trainer]:
     """One PCKD step (64 images = 256 views) plus a small evaluation; returns the step's metrics, the update
     of all trainable weights (flattened) and the trainer."""
-    cfg = resolve_config(None, [
+    cfg = load_config(None, [
         "method=pckd", "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={teacher}",
         "data.name=cifar100", f"data.root={shared_data}", "data.classes=10", "data.train_limit=64",
         "data.test_limit=50", "train.epochs=1", "train.batch_size=64", "train.eval_batch_size=50",
@@ -93,7 +94,7 @@ def test_bf16_step_runs_the_networks_in_bf16_and_the_losses_in_float32():
     from pckd.models import create_model
 
     torch.manual_seed(0)
-    model = PCKD(create_model("resnet8", 10), create_model("resnet8", 10), PCKDParams(), 10)
+    model = PCKD(create_model("resnet8", 10), create_model("resnet8", 10), PCKDParams(), DataInfo(num_classes=10))
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g)
     batch = Batch(images, torch.arange(8) % 10, torch.arange(8), BatchAugment((0.5,) * 3, (0.25,) * 3))

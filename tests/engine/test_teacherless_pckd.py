@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 from pckd.engine.build import build
 from pckd.errors import UserError
 
@@ -14,11 +14,11 @@ NO_DISTILLATION = ["pckd.kd_weight=0", "pckd.ccc_weight=0", "pckd.fa_weight=0", 
 
 
 def test_ce_only_pckd_builds_without_teacher():
-    built = build(resolve_config(None, DIGITS + NO_DISTILLATION))
+    built = build(load_config(None, DIGITS + NO_DISTILLATION))
     assert built.distiller.teacher is None
     assert built.distiller.extra_parameters() == 0
 
 
 def test_any_distillation_term_requires_the_teacher_checkpoint():
     with pytest.raises(UserError, match="method=pckd needs a trained teacher: set teacher.checkpoint"):
-        build(resolve_config(None, DIGITS + NO_DISTILLATION[:-3] + ["pckd.ca_weight=1"]))
+        build(load_config(None, DIGITS + NO_DISTILLATION[:-3] + ["pckd.ca_weight=1"]))

@@ -61,9 +61,9 @@ def test_resume_after_epoch_one_equals_uninterrupted(shared_data, trained_teache
 
 
 def test_imagefolder_runs_on_shared_jpegs(shared_data, tmp_path):
-    from pckd.config import resolve_config
+    from pckd.config import load_config
 
-    cfg = resolve_config(None, [
+    cfg = load_config(None, [
         "method=ce", "student.arch=resnet8", "data.name=imagefolder", f"data.root={shared_data / 'cifar10-jpeg-mini'}",
         "data.image_size=32", "data.num_workers=0", "train.epochs=1", "train.device=cpu", "train.progress=false",
         f"output_dir={tmp_path / 'if'}", "train.batch_size=50"])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.ab import (
     AB,
@@ -131,7 +132,7 @@ def test_defaults_registry_and_validation():
 
 def build(teacher: str = "resnet8x4", student: str = "resnet8", **kw) -> AB:
     torch.manual_seed(0)
-    d = AB(create_model(student, K), create_model(teacher, K), ABParams(**kw), num_classes=K)
+    d = AB(create_model(student, K), create_model(teacher, K), ABParams(**kw), DataInfo(num_classes=K))
     d.train()
     return d
 
@@ -209,7 +210,7 @@ def test_main_stage_trains_student_only_and_sgd_skips_untouched_parameters():
 
 def test_unequal_stage_counts_are_rejected_naming_both_lists():
     with pytest.raises(UserError, match=r"ab needs as many stages .* student \[\(12, 16, 16\)"):
-        AB(create_model("MobileNetV2", K), create_model("resnet8", K), ABParams(), num_classes=K)
+        AB(create_model("MobileNetV2", K), create_model("resnet8", K), ABParams(), DataInfo(num_classes=K))
 
 
 # ---- configs -------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.at import AT, ATParams, at_loss, at_stage_loss, attention_map
 from pckd.models import create_model
@@ -129,7 +130,7 @@ def test_params_validate():
 def test_forward_train_on_zoo_pair(teacher_name, student_name):
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
-    d = AT(student, teacher, ATParams(), num_classes=K)
+    d = AT(student, teacher, ATParams(), DataInfo(num_classes=K))
     d.train()
     before = teacher_snapshot(teacher)
     batch = make_batch(4, K)
@@ -151,4 +152,4 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name):
 def test_unequal_stage_counts_are_rejected_with_both_shapes():
     teacher, student = create_model("resnet8", K), create_model("MobileNetV2", K)  # 4 vs 5 stages
     with pytest.raises(UserError, match=r"student has 5 stages .*\(16, 16, 16\).* teacher 4 stages .*\(16, 32, 32\)"):
-        AT(student, teacher, ATParams(), num_classes=K)
+        AT(student, teacher, ATParams(), DataInfo(num_classes=K))

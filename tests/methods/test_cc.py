@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pckd.data.info import DataInfo
 from pckd.methods.base import method_registry
 from pckd.methods.cc import (
     CC,
@@ -112,7 +113,7 @@ def test_both_sides_receive_gradients():
 def run_step(teacher_name: str, student_name: str, **params) -> SimpleNamespace:
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
-    d = CC(student, teacher, CCParams(**params), num_classes=K)
+    d = CC(student, teacher, CCParams(**params), DataInfo(num_classes=K))
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
     before = teacher_snapshot(teacher)

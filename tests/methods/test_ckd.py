@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.ckd import CKD, CKDParams, ckd_loss, ckd_per_sample
@@ -178,7 +179,7 @@ def test_distiller_step(negatives):
     torch.manual_seed(0)
     student, teacher = FakeModel(), FakeModel()
     params = CKDParams(weight=100.0, tau=1.0, negatives=negatives)
-    method = CKD(student, teacher, params, num_classes=5)
+    method = CKD(student, teacher, params, DataInfo(num_classes=5))
     assert all(not p.requires_grad for p in teacher.parameters())
     assert {id(p) for p in method.parameters()} == {id(p) for p in student.parameters()}  # teacher not trained
     out = method(_batch(), epoch=1)
@@ -193,7 +194,7 @@ def test_distiller_step(negatives):
 def test_distiller_loss_is_weighted_contrast_of_the_logits():
     torch.manual_seed(0)
     student, teacher = FakeModel(), FakeModel()
-    method = CKD(student, teacher, CKDParams(ce_weight=0.5, weight=3.0, tau=2.0), num_classes=5)
+    method = CKD(student, teacher, CKDParams(ce_weight=0.5, weight=3.0, tau=2.0), DataInfo(num_classes=5))
     batch = _batch()
     torch.manual_seed(5)
     out = method(batch, epoch=1)
@@ -220,7 +221,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_file: str) -> None
     try:
         torch.manual_seed(0)
         student, teacher = FakeModel(), FakeModel()
-        method = DDP(CKD(student, teacher, CKDParams(weight=10.0, tau=0.5), num_classes=5))
+        method = DDP(CKD(student, teacher, CKDParams(weight=10.0, tau=0.5), DataInfo(num_classes=5)))
         full = _batch(8)
         shard = slice(4 * rank, 4 * rank + 4)
         batch = Batch(full.images[shard], full.labels[shard], full.index[shard], _PlainAugmenter())
@@ -241,7 +242,7 @@ def test_ddp_global_negatives_match_single_process(tmp_path):
     mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(result)), nprocs=2, join=True)
     torch.manual_seed(0)
     student, teacher = FakeModel(), FakeModel()
-    method = CKD(student, teacher, CKDParams(weight=10.0, tau=0.5), num_classes=5)
+    method = CKD(student, teacher, CKDParams(weight=10.0, tau=0.5), DataInfo(num_classes=5))
     full = _batch(8)
     method(Batch(full.images, full.labels, full.index, _PlainAugmenter()), epoch=1).losses["ckd"].backward()
     for got, want in zip(torch.load(result), [p.grad for p in student.parameters()]):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.crd import (
@@ -154,7 +155,7 @@ def test_uniform_negatives_skip_only_the_anchor():
 def make(teacher: str = "resnet8x4", student: str = "resnet8", **params) -> CRD:
     torch.manual_seed(0)
     t, s = create_model(teacher, NUM_CLASSES), create_model(student, NUM_CLASSES)
-    d = CRD(s, t, CRDParams(nce_k=16, **params), NUM_CLASSES, train_size=N_DATA)
+    d = CRD(s, t, CRDParams(nce_k=16, **params), DataInfo(num_classes=NUM_CLASSES, train_size=N_DATA))
     d.train()
     return d
 
@@ -272,10 +273,10 @@ def test_train_labels_fill_the_label_bank():
     torch.manual_seed(0)
     t, s = create_model("resnet8", NUM_CLASSES), create_model("resnet8", NUM_CLASSES)
     labels = torch.arange(N_DATA) % NUM_CLASSES
-    d = CRD(s, t, CRDParams(nce_k=8), NUM_CLASSES, train_size=N_DATA, train_labels=labels)
+    d = CRD(s, t, CRDParams(nce_k=8), DataInfo(num_classes=NUM_CLASSES, train_size=N_DATA, train_labels=labels))
     assert torch.equal(d.bank_labels, labels)
     with pytest.raises(UserError, match="train_labels"):
-        CRD(s, t, CRDParams(nce_k=8), NUM_CLASSES, train_size=N_DATA, train_labels=labels[:5])
+        CRD(s, t, CRDParams(nce_k=8), DataInfo(num_classes=NUM_CLASSES, train_size=N_DATA, train_labels=labels[:5]))
 
 
 @pytest.mark.parametrize(
@@ -310,7 +311,7 @@ class FakeModel(torch.nn.Module):
 
 def _ddp_setup() -> tuple[CRD, Batch]:
     torch.manual_seed(0)
-    method = CRD(FakeModel(6), FakeModel(5), CRDParams(nce_k=12, feat_dim=8), NUM_CLASSES, train_size=N_DATA)
+    method = CRD(FakeModel(6), FakeModel(5), CRDParams(nce_k=12, feat_dim=8), DataInfo(num_classes=NUM_CLASSES, train_size=N_DATA))
     g = torch.Generator().manual_seed(9)
     images = torch.randint(0, 256, (4, 3, 8, 8), generator=g, dtype=torch.uint8)
     batch = Batch(images, torch.tensor([1, 2, 1, 3]), torch.tensor([7, 40, 12, 3]), NormalisingAugmenter())

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.dkd import (
     DKD,
@@ -146,7 +147,7 @@ def test_invalid_params_name_the_key(key, value):
 def _method(**kw) -> DKD:
     torch.manual_seed(0)
     teacher, student = create_model("resnet8", 10), create_model("resnet8", 10)
-    method = DKD(student, teacher, DKDParams(**kw), num_classes=10)
+    method = DKD(student, teacher, DKDParams(**kw), DataInfo(num_classes=10))
     method.train()
     return method
 

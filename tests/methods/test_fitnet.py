@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.fitnet import FitNet, FitNetParams, HintRegressor, hint_loss
 from pckd.models import create_model
@@ -83,7 +84,7 @@ def test_params_validate():
 def test_forward_train_on_zoo_pair(teacher_name, student_name, conv_type):
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
-    d = FitNet(student, teacher, FitNetParams(), num_classes=K)
+    d = FitNet(student, teacher, FitNetParams(), DataInfo(num_classes=K))
     assert type(d.regressor.conv) is conv_type
     d.train()
     before = teacher_snapshot(teacher)
@@ -110,4 +111,4 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name, conv_type):
 def test_hint_layer_out_of_range_is_rejected():
     teacher, student = create_model("resnet8", K), create_model("resnet8", K)  # 4 stages: indices 0..3
     with pytest.raises(UserError, match="fitnet.hint_layer=4 is out of range"):
-        FitNet(student, teacher, FitNetParams(hint_layer=4), num_classes=K)
+        FitNet(student, teacher, FitNetParams(hint_layer=4), DataInfo(num_classes=K))

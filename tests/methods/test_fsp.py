@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.base import method_registry
 from pckd.methods.fsp import FSP, FSPParams, check_fsp_pair, fsp_losses, fsp_matrix
@@ -98,7 +99,7 @@ def test_defaults_registry_and_validation():
 # ---- training steps on real zoo pairs ------------------------------------------------------------------------
 def build(teacher: str = "resnet32", student: str = "resnet20", **kw) -> FSP:
     torch.manual_seed(0)
-    d = FSP(create_model(student, K), create_model(teacher, K), FSPParams(**kw), num_classes=K)
+    d = FSP(create_model(student, K), create_model(teacher, K), FSPParams(**kw), DataInfo(num_classes=K))
     d.train()
     return d
 
@@ -151,7 +152,7 @@ def test_main_stage_step_is_cross_entropy_on_the_student():
 @pytest.mark.parametrize("teacher_name, student_name", [("resnet8x4", "resnet8"), ("wrn_16_2", "wrn_16_1")])
 def test_unsupported_pairs_are_rejected(teacher_name, student_name):
     with pytest.raises(UserError, match=r"fsp needs equal channel counts .* student stages \[.*\] and teacher stages"):
-        FSP(create_model(student_name, K), create_model(teacher_name, K), FSPParams(), num_classes=K)
+        FSP(create_model(student_name, K), create_model(teacher_name, K), FSPParams(), DataInfo(num_classes=K))
 
 
 # ---- configs -------------------------------------------------------------------------------------------------

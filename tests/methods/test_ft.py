@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.base import method_registry
 from pckd.methods.ft import (
@@ -129,7 +130,7 @@ def test_defaults_registry_and_validation():
 # ---- training steps on real zoo pairs ------------------------------------------------------------------------
 def build(teacher: str, student: str, **kw) -> FT:
     torch.manual_seed(0)
-    d = FT(create_model(student, K), create_model(teacher, K), FTParams(**kw), num_classes=K)
+    d = FT(create_model(student, K), create_model(teacher, K), FTParams(**kw), DataInfo(num_classes=K))
     d.train()
     return d
 

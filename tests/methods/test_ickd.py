@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.ickd import ICKD, ICKDParams, channel_gram, ickd_loss
 from pckd.models import create_model
@@ -80,7 +81,7 @@ def test_loss_rejects_channel_mismatch():
 def make(teacher: str, student: str, **params) -> ICKD:
     torch.manual_seed(0)
     d = ICKD(create_model(student, NUM_CLASSES), create_model(teacher, NUM_CLASSES), ICKDParams(**params),
-             NUM_CLASSES)
+             DataInfo(num_classes=NUM_CLASSES))
     d.train()
     return d
 

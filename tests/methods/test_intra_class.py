@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.intra_class import ClassQueue, IntraClass, IntraClassParams, intra_class_contrast, margin_gate
@@ -198,7 +199,7 @@ def _batch(seed: int, b: int = 8, k: int = 4) -> Batch:
 
 def _method(**kw) -> IntraClass:
     torch.manual_seed(0)
-    return IntraClass(FakeModel(), None, IntraClassParams(**kw), num_classes=4)
+    return IntraClass(FakeModel(), None, IntraClassParams(**kw), DataInfo(num_classes=4))
 
 
 def test_params_validation_names_the_key():

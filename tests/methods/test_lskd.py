@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.lskd import LSKD, LSKDParams, lskd_loss, lskd_per_sample, standardize
 from pckd.models import create_model
@@ -102,7 +103,7 @@ def test_invalid_params_name_the_key(key, value):
 def test_distiller_step_losses_gradients_and_frozen_teacher():
     torch.manual_seed(0)
     teacher, student = create_model("resnet8", 10), create_model("resnet8", 10)
-    method = LSKD(student, teacher, LSKDParams(), num_classes=10)
+    method = LSKD(student, teacher, LSKDParams(), DataInfo(num_classes=10))
     method.train()
     before = teacher_snapshot(teacher)
     batch = make_batch(4, 10, seed=2, labels="cycle", augment=NormalisingAugmenter(mean=0.0, std=1.0))

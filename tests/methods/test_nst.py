@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.nst import NST, NSTParams, nst_loss, nst_stage_loss
 from pckd.models import create_model
@@ -132,7 +133,7 @@ def test_params_validate():
 def test_forward_train_on_zoo_pair(teacher_name, student_name):
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
-    d = NST(student, teacher, NSTParams(), num_classes=K)
+    d = NST(student, teacher, NSTParams(), DataInfo(num_classes=K))
     d.train()
     before = teacher_snapshot(teacher)
     batch = make_batch(4, K)
@@ -154,4 +155,4 @@ def test_forward_train_on_zoo_pair(teacher_name, student_name):
 def test_unequal_stage_counts_are_rejected_with_both_shapes():
     teacher, student = create_model("resnet8", K), create_model("MobileNetV2", K)  # 4 vs 5 stages
     with pytest.raises(UserError, match=r"nst pairs .* student has 5 stages .* teacher 4 stages"):
-        NST(student, teacher, NSTParams(), num_classes=K)
+        NST(student, teacher, NSTParams(), DataInfo(num_classes=K))

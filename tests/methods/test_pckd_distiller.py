@@ -12,6 +12,8 @@ import torch
 from torch import nn
 
 import pckd.methods.pckd as P
+import pckd.methods.pckd.distiller
+from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
 from pckd.models.interface import FeatureOutput
 
@@ -68,12 +70,17 @@ class FakeWriter:
         self.run_dir = run_dir
         self.histograms: dict[str, torch.Tensor] = {}
         self.scalars: dict[str, float] = {}
+        self.written: list[str] = []
 
     def scalar(self, name: str, value: float, epoch: int) -> None:
         self.scalars[name] = value
 
     def histogram(self, name: str, values: torch.Tensor, epoch: int) -> None:
         self.histograms[name] = values
+
+    def write_text(self, name: str, text: str) -> None:
+        self.written.append(name)
+        (self.run_dir / name).write_text(text)
 
 
 def make_batch(seed: int = 0, index: torch.Tensor | None = None) -> Batch:
@@ -89,7 +96,7 @@ def make(d_s: int = 6, d_t: int = 6, seed: int = 0, **overrides) -> P.PCKD:
     preview = overrides.pop("preview", {})
     params = P.PCKDParams(mlp_hidden_mult=2, preview=P.PreviewParams(**preview), **overrides)
     student, teacher = TinyNet(d_s), TinyNet(d_t)
-    distiller = P.PCKD(student, teacher, params, num_classes=K)
+    distiller = P.PCKD(student, teacher, params, DataInfo(num_classes=K))
     distiller.train()
     return distiller
 
@@ -217,11 +224,11 @@ def test_batch_mean_ce_comes_from_global_mean(monkeypatch):
         calls.append(x.numel())
         return x.mean() * 2  # pretend the other ranks had twice the CE
 
-    monkeypatch.setattr(P, "global_mean", fake_global_mean)
+    monkeypatch.setattr(pckd.methods.pckd.distiller, "global_mean", fake_global_mean)
     d = make()
     d.forward_train(make_batch(), 1)
     assert calls == [B]
-    s = d._records["difficulty"][-1]
+    s = d.records.steps["difficulty"][-1]
     assert s.mean().item() == pytest.approx(0.5, rel=1e-5)
 
 
@@ -232,7 +239,7 @@ def _run_epoch(d: P.PCKD, epoch: int, n_batches: int = 3) -> None:
         d.forward_train(make_batch(seed=10 * epoch + step, index=perm[step * B:(step + 1) * B]), epoch)
 
 
-def test_on_epoch_end_writes_records_history_and_plot(tmp_path):
+def test_on_epoch_end_writes_records_and_history(tmp_path):
     d = make()
     _run_epoch(d, 1)
     writer = FakeWriter(tmp_path)
@@ -244,14 +251,15 @@ def test_on_epoch_end_writes_records_history_and_plot(tmp_path):
     assert [int(r["index"]) for r in rows] == list(range(100, 100 + 3 * B))
     weights = [float(r["weight"]) for r in rows]
     assert all(0 <= w <= 1 for w in weights) and min(weights) < 1
-    assert (tmp_path / "preview_weights.png").stat().st_size > 1000
+    assert writer.written == ["preview_records.csv", "preview_history.json"] == list(P.PCKD.output_files)
+    assert not (tmp_path / "preview_weights.png").exists()  # drawn by `pckd report`, never during training
     assert set(writer.histograms) == {"pckd/difficulty", "pckd/weight"}
     assert writer.histograms["pckd/weight"].numel() == 3 * B
 
     history = json.loads((tmp_path / "preview_history.json").read_text())
     assert len(history["probe_indices"]) == 16 and history["probe_groups"].count("hard") == 8
     assert [e["epoch"] for e in history["epochs"]] == [1]
-    assert d._records["index"] == []  # cleared for the next epoch
+    assert d.records.steps["index"] == []  # cleared for the next epoch
 
     # resume: a fresh distiller continues the history
     d2 = make()
@@ -263,6 +271,13 @@ def test_on_epoch_end_writes_records_history_and_plot(tmp_path):
     assert history["probe_indices"] == d.history["probe_indices"]
     with open(tmp_path / "preview_records.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 3 * B  # overwritten by the last epoch
+
+
+def test_on_epoch_end_without_a_writer_keeps_the_history():
+    d = make()
+    _run_epoch(d, 1)
+    d.on_epoch_end(1)  # a user's own loop: no run folder
+    assert [e["epoch"] for e in d.history["epochs"]] == [1]
 
 
 def test_method_state_is_plain_python(tmp_path):
@@ -279,7 +294,7 @@ def test_table_vii_ce_only_preview_on_ce_needs_no_teacher():
 
     params = P.PCKDParams(kd_weight=0, ccc_weight=0, fa_weight=0, ca_weight=0, n_rotations=1,
                           preview=P.PreviewParams(on_ce=True))
-    d = P.PCKD(TinyNet(6), None, params, num_classes=K).train()
+    d = P.PCKD(TinyNet(6), None, params, DataInfo(num_classes=K)).train()
     batch = make_batch()
     out = d.forward_train(batch, 1)
     assert set(out.losses) == {"ce"}
@@ -288,4 +303,4 @@ def test_table_vii_ce_only_preview_on_ce_needs_no_teacher():
     assert (w < 1).any()
     torch.testing.assert_close(out.losses["ce"], (w * ce_i).sum() / B)
     with pytest.raises(UserError, match="pckd.kd_weight"):
-        P.PCKD(TinyNet(6), None, P.PCKDParams(), num_classes=K)
+        P.PCKD(TinyNet(6), None, P.PCKDParams(), DataInfo(num_classes=K))

@@ -284,9 +284,9 @@ def test_params_defaults_and_validation():
     assert (p.ccc, p.ccc_tau, p.ccc_base_tau, p.mlp_hidden_mult, p.n_rotations, p.gamma) == (
         "supcon", 4, 0.07, 16, 4, 1.005)
     assert (p.preview.mode, p.preview.detach, p.preview.on_ce) == ("preview", True, False)
-    with pytest.raises(UserError, match=r"pckd\.preview\.mode='hardest' is not one of off, preview, curriculum"):
+    with pytest.raises(UserError, match=r"'pckd\.preview\.mode'='hardest' is not one of off, preview, curriculum, focal \(none = off\)"):
         P.PCKDParams(preview=P.PreviewParams(mode="hardest"))
-    with pytest.raises(UserError, match=r"pckd\.ccc="):
+    with pytest.raises(UserError, match=r"'pckd\.ccc'='paper'"):
         P.PCKDParams(ccc="paper")
     with pytest.raises(UserError, match=r"pckd\.fa_weight"):
         P.PCKDParams(fa_weight=-1)

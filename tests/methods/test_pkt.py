@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.methods.base import method_registry
 from pckd.methods.pkt import PKT, PKTParams, pkt_loss
 from pckd.models import create_model
@@ -101,7 +102,7 @@ def test_zero_row_gives_a_finite_loss():
 def step(request):
     torch.manual_seed(0)
     teacher, student = create_model(request.param[0], K), create_model(request.param[1], K)
-    d = PKT(student, teacher, PKTParams(), num_classes=K)
+    d = PKT(student, teacher, PKTParams(), DataInfo(num_classes=K))
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
     before = teacher_snapshot(teacher)

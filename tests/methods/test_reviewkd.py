@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.reviewkd import (
     ABF,
@@ -198,7 +199,7 @@ def test_forward_train_on_zoo_pairs(teacher, student, max_mid, mid):
     torch.manual_seed(0)
     t_model, s_model = create_model(teacher, K), create_model(student, K)
     params = ReviewKDParams(reviewkd_weight=5.0, max_mid_channel=max_mid)
-    d = ReviewKD(s_model, t_model, params, num_classes=K).train()
+    d = ReviewKD(s_model, t_model, params, DataInfo(num_classes=K)).train()
     assert d.mid_channels == mid
     assert all(abf.reduce[0].out_channels == mid for abf in d.fusion.abfs)
     t_state = teacher_snapshot(t_model)
@@ -223,7 +224,7 @@ def test_forward_train_on_zoo_pairs(teacher, student, max_mid, mid):
 
 def test_warmup_scales_the_feature_loss_only():
     torch.manual_seed(0)
-    d = ReviewKD(create_model("resnet8", K), create_model("resnet14", K), ReviewKDParams(), num_classes=K).train()
+    d = ReviewKD(create_model("resnet8", K), create_model("resnet14", K), ReviewKDParams(), DataInfo(num_classes=K)).train()
     batch = make_batch(2, K, seed=3, labels="cycle", augment=NormalisingAugmenter(divisor=1.0, mean=128.0, std=64.0))
     early, late = d.forward_train(batch, epoch=1), d.forward_train(batch, epoch=40)
     assert early.stats["hcl"].item() == pytest.approx(late.stats["hcl"].item(), rel=1e-5)

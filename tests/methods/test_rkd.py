@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.methods.base import method_registry
 from pckd.methods.rkd import RKD, RKDParams, rkd_angle_loss, rkd_distance_loss
 from pckd.models import create_model
@@ -130,7 +131,7 @@ def test_single_sample_batch_is_finite_and_zero():
 def step(request):
     torch.manual_seed(0)
     teacher, student = create_model(request.param[0], K), create_model(request.param[1], K)
-    d = RKD(student, teacher, RKDParams(), num_classes=K)
+    d = RKD(student, teacher, RKDParams(), DataInfo(num_classes=K))
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
     before = teacher_snapshot(teacher)
@@ -167,7 +168,7 @@ def test_defaults_registry_and_kd_option():
     with pytest.raises(Exception, match="rkd.angle_weight"):
         RKDParams(angle_weight=-1)
     torch.manual_seed(0)
-    d = RKD(create_model("resnet8", K), create_model("resnet8", K), RKDParams(kd_weight=0.9), num_classes=K)
+    d = RKD(create_model("resnet8", K), create_model("resnet8", K), RKDParams(kd_weight=0.9), DataInfo(num_classes=K))
     out = d.forward_train(make_batch(B, K, 1), 1)
     assert set(out.losses) == {"ce", "rkd_dist", "rkd_angle", "kd"} and torch.isfinite(out.total)
 

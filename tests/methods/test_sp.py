@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.sp import SP, SPParams, similarity_matrix, sp_loss
 from pckd.models import create_model
@@ -89,7 +90,7 @@ def test_params_validate():
 def test_forward_train_on_zoo_pair(teacher_name, student_name):
     torch.manual_seed(0)
     teacher, student = create_model(teacher_name, K), create_model(student_name, K)
-    d = SP(student, teacher, SPParams(), num_classes=K)
+    d = SP(student, teacher, SPParams(), DataInfo(num_classes=K))
     d.train()
     before = teacher_snapshot(teacher)
     batch = make_batch(4, K)

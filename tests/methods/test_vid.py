@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from pckd.data.info import DataInfo
 from pckd.methods.base import method_registry
 from pckd.methods.vid import VID, VIDHead, VIDParams, match_spatial, vid_nll
 from pckd.models import create_model
@@ -132,7 +133,7 @@ def test_gradients_reach_regressor_and_alpha_not_target():
 def step(request):
     torch.manual_seed(0)
     teacher, student = create_model(request.param[0], K), create_model(request.param[1], K)
-    d = VID(student, teacher, VIDParams(), num_classes=K)
+    d = VID(student, teacher, VIDParams(), DataInfo(num_classes=K))
     d.train()
     teacher.requires_grad_(True)  # even so, no gradient may reach it
     before = teacher_snapshot(teacher)

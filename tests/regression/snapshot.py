@@ -71,9 +71,9 @@ class DoubleViews:
 
 
 def _config(method: str, overrides: list[str], teacher: Path, run_dir: Path) -> Any:
-    from pckd.config import resolve_config
+    from pckd.config import load_config
 
-    return resolve_config(None, [
+    return load_config(None, [
         f"method={method}", "student.arch=resnet8", "teacher.arch=resnet20", f"teacher.checkpoint={teacher}",
         "data.name=digits", "data.train_limit=64", "data.test_limit=16", "train.batch_size=16",
         "train.device=cpu", "train.progress=false", "train.eval_teacher=false", "train.seed=3",

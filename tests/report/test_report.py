@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pckd.config import resolve_config, to_yaml
+from pckd.config import load_config, to_yaml
 from pckd.engine.run_logger import RunLogger
 from pckd.errors import PckdWarning, UserError
 from pckd.report import build_tables, collect_runs, render_markdown, write_report
@@ -30,7 +30,7 @@ def make_run(root: Path, name: str, method: str, pair: tuple[str, str] | None, s
                  f"train.epochs={epochs}", f"output_dir={run_dir}"] + (extra or [])
     if pair is not None:
         overrides += [f"teacher.arch={pair[0]}", f"teacher.checkpoint=/teachers/{pair[0]}/best.pt"]
-    cfg = resolve_config(None, overrides)
+    cfg = load_config(None, overrides)
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(to_yaml(cfg))
     logger = RunLogger(run_dir, tensorboard=False)
@@ -185,7 +185,7 @@ def test_real_digits_run_is_reported_with_plots(tmp_path):
     from pckd.engine.trainer import train
 
     run_dir = tmp_path / "runs" / "ce-resnet8"
-    cfg = resolve_config(None, [
+    cfg = load_config(None, [
         "method=ce", "student.arch=resnet8", "data.name=digits", "data.train_limit=64", "data.test_limit=40",
         "train.epochs=1", "train.batch_size=16", "train.device=cpu", "train.progress=false",
         f"output_dir={run_dir}"])

@@ -60,8 +60,10 @@ def _truncated_teacher(tmp: Path) -> None:
 
 
 def _previous_run(tmp: Path) -> None:
+    """A finished run's results without its resumable checkpoint (last.pt): still a run, never overwritten."""
     (tmp / "run").mkdir()
     (tmp / "run" / "metrics.jsonl").write_text('{"kind": "epoch", "epoch": 1}\n')
+    (tmp / "run" / "summary.json").write_text('{"best_top1": 50.0}\n')
 
 
 KD = ["method=kd", "teacher.arch=resnet8", "teacher.checkpoint={tmp}/teacher.pth"]

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from pckd.config import resolve_config
+from pckd.config import load_config
 from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.signals import StopRequest
 from pckd.engine.trainer import Trainer, TrainingStopped
@@ -153,7 +153,7 @@ def _method_config(run_dir: Path, method: str, teacher: Path | None, extra: list
                  f"output_dir={run_dir}", *extra]
     if teacher is not None:
         overrides += ["teacher.arch=resnet8", f"teacher.checkpoint={teacher}"]
-    return resolve_config(None, overrides)
+    return load_config(None, overrides)
 
 
 def _signal_at_call(trainer: Trainer, call: int, sig: signal.Signals = signal.SIGTERM) -> None:

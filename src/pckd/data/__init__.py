@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Union
 import torch
 from torch import Tensor
 
-from pckd.config_schema import DataConfig
+from pckd.config.schema import DataConfig, DatasetName
 from pckd.data.augment import NORMALIZATION, BatchAugment, PreAugmented
 from pckd.data.batch import Augmenter, Batch
 from pckd.data.cifar import load_cifar
 from pckd.data.digits import digits_normalization, load_digits_split
+from pckd.data.info import DataInfo
 from pckd.data.loader import InMemoryLoader
 from pckd.data.subset import limit, select_classes
 from pckd.errors import UserError
@@ -20,7 +21,7 @@ from pckd.errors import UserError
 if TYPE_CHECKING:  # torchvision/PIL are imported only when an ImageFolder is actually used
     from pckd.data.imagefolder import ImageFolderLoader
 
-DATASETS = ("cifar100", "cifar10", "imagefolder", "digits")
+DATASETS = tuple(m.value for m in DatasetName)
 
 Loader = Union[InMemoryLoader, "ImageFolderLoader"]
 
@@ -51,6 +52,11 @@ class DataBundle:
     class_names: list[str]
     train_size: int
     test_size: int
+
+    @property
+    def info(self) -> DataInfo:
+        """What a method may know about this data (classes, training-set size, input size)."""
+        return DataInfo(num_classes=self.num_classes, train_size=self.train_size, input_size=self.input_size)
 
 
 def _check_num_classes(cfg: DataConfig, found: int) -> None:
@@ -146,8 +152,6 @@ def build_data(
     training order. Applies data.classes, data.train_limit, data.test_limit and checks data.num_classes.
     """
     device = torch.device(device)
-    if data_cfg.name not in DATASETS:
-        raise UserError(f"data.name: unknown dataset '{data_cfg.name}'; use one of {', '.join(DATASETS)}")
     if data_cfg.name == "imagefolder":
         return _imagefolder(data_cfg, batch_size, eval_batch_size, seed, device)
     return _in_memory(data_cfg, batch_size, eval_batch_size, seed, device)

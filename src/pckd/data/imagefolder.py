@@ -23,10 +23,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets, transforms
 
+from pckd import distributed
 from pckd.data.augment import NORMALIZATION, PreAugmented
 from pckd.data.batch import Batch
-from pckd.data.loader import epoch_permutation, eval_batches, local_batch_size, train_batches
-from pckd.engine import distributed
+from pckd.data.loader import (
+    epoch_permutation,
+    eval_batches,
+    local_batch_size,
+    train_batches,
+)
 from pckd.errors import UserError
 
 # What PIL raises for files it cannot decode (SyntaxError for some malformed headers).

@@ -16,8 +16,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from pckd import distributed
 from pckd.data.batch import Augmenter, Batch
-from pckd.engine import distributed
 from pckd.errors import UserError
 
 _SEED_STRIDE = 1000003  # a prime, so (seed, epoch) pairs of realistic runs never share a generator seed

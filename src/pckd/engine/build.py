@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 
+import pckd.distributed as dist
 from pckd.config import method_params
 from pckd.data import DataBundle, build_data
-from pckd.engine import distributed as dist
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, method_registry
 from pckd.models import create_model, load_weights
@@ -113,7 +113,7 @@ class EpochSchedule:
         return self.base_lrs[0] * factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "base_lrs": self.base_lrs, "schedule": self.train_cfg.schedule}
+        return {"epoch": self.epoch, "base_lrs": self.base_lrs, "schedule": str(self.train_cfg.schedule)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch = state["epoch"]
@@ -155,8 +155,7 @@ def build(cfg: Any) -> Built:
             )
         teacher = build_network(cfg.teacher, "teacher", data.num_classes, data.input_size)
         teacher = prepare_teacher(teacher, cfg.train, data.input_size, device)
-    extra = {"train_size": data.train_size} if spec.cls.wants_train_size else {}
-    distiller = spec.cls(student, teacher, method_params(cfg), data.num_classes, **extra).to(device)
+    distiller = spec.cls(student, teacher, method_params(cfg), data.info).to(device)
     if cfg.train.channels_last:
         distiller.to(memory_format=torch.channels_last)
     trainable = [p for p in distiller.parameters() if p.requires_grad]

@@ -16,10 +16,7 @@ from typing import Any
 import torch
 
 from pckd.errors import PckdWarning, UserError
-
-LAST = "last.pt"
-PREVIOUS = "last.prev.pt"
-BEST = "best.pt"
+from pckd.run_folder import BEST, LAST, PREVIOUS  # noqa: F401  (re-exported: the checkpoint names)
 
 
 def atomic_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pckd.engine import distributed as dist
+import pckd.distributed as dist
 from pckd.engine.metrics import topk_correct
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 import torch.distributed
 
-from pckd.engine import distributed as dist
+import pckd.distributed as dist
 
 
 def _init_process_group() -> bool:

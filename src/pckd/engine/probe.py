@@ -27,46 +27,53 @@ import dataclasses
 import json
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
-import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from pckd.config import _check_keys, _deep_merge, _suggest, _type_error_message, parse_overrides, resolve_config
-from pckd.config_schema import RunConfig
 from pckd.data import build_data
 from pckd.data.augment import NORMALIZATION, BatchAugment
 from pckd.data.loader import epoch_permutation
 from pckd.engine.build import build_network, resolve_device
+from pckd.engine.checkpoint_config import load_checkpoint_config
 from pckd.engine.metrics import topk_correct
 from pckd.errors import UserError
-from pckd.models import create_model, extract_state_dict, read_checkpoint
+from pckd.models import create_model, extract_state_dict
+from pckd.params import Choice, Settings, hp
+
+
+class ProbeNormalization(Choice):
+    """Which mean/std normalise the probe's images (``probe.normalization``)."""
+
+    data = "data"  # the target data layer's own
+    cifar100 = "cifar100"
+    cifar10 = "cifar10"
+    imagenet = "imagenet"
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Settings):
     """The probe's own settings, keys ``probe.*`` (data and device come from ``data.*`` / ``train.*``)."""
 
-    epochs: int = 40  # linear-classifier training epochs
-    batch_size: int = 64  # training batch of the linear classifier
-    lr: float = 0.1  # initial SGD learning rate
-    momentum: float = 0.9  # SGD momentum
-    weight_decay: float = 0.0  # on the linear layer; 0 as in Tian's CMC linear-probing code
-    milestones: list[int] = field(default_factory=lambda: [15, 25, 35])  # epochs after which lr *= lr_decay
-    lr_decay: float = 0.1  # multistep factor
-    augment: bool = False  # redraw crop+flip training views every epoch (slower) instead of caching features once
-    normalization: str = "data"  # 'data' (the target data layer's mean/std) or cifar100 | cifar10 | imagenet
-    seed: int = 0  # linear-layer init and per-epoch order
-    output_dir: Optional[str] = None  # where probe.json goes; default <checkpoint folder>/probe-<target>
+    epochs: int = hp(40, gt=0, doc="linear-classifier training epochs")
+    batch_size: int = hp(64, gt=0, doc="training batch of the linear classifier")
+    lr: float = hp(0.1, gt=0, doc="initial SGD learning rate")
+    momentum: float = hp(0.9, ge=0, doc="SGD momentum")
+    weight_decay: float = hp(0.0, ge=0, doc="on the linear layer; 0 as in Tian's CMC linear-probing code")
+    milestones: list[int] = hp(factory=lambda: [15, 25, 35], ge=0, doc="epochs after which lr *= lr_decay")
+    lr_decay: float = hp(0.1, gt=0, doc="multistep factor")
+    augment: bool = hp(False, doc="redraw crop+flip training views every epoch (slower) instead of caching features")
+    normalization: ProbeNormalization = hp(ProbeNormalization.data, doc="data (the target's own) or a named mean/std")
+    seed: int = hp(0, ge=0, lt=2**32, doc="linear-layer init and per-epoch order")
+    output_dir: Optional[str] = hp(None, doc="where probe.json goes; default <checkpoint folder>/probe-<target>")
 
 
+ProbeConfig.section = "probe"
 _PROBE_KEY = "probe"
 
 
@@ -150,45 +157,6 @@ def train_linear(
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
-def _split_overrides(overrides: list[str]) -> tuple[list[str], list[str]]:
-    """(run-config overrides, probe overrides); unknown top-level sections get the closest-key message."""
-    run_keys = {f.name for f in dataclasses.fields(RunConfig)}
-    run, probe = [], []
-    for item in overrides:
-        top = item.partition("=")[0].strip().split(".")[0]
-        if top == _PROBE_KEY:
-            probe.append(item)
-        elif top in run_keys or "=" not in item:
-            run.append(item)  # malformed items reach parse_overrides, which explains the form
-        else:
-            hint = _suggest(top, sorted(run_keys | {_PROBE_KEY}))
-            raise UserError(f"unknown config key '{item.partition('=')[0].strip()}'"
-                            f"{hint or '; the probe takes probe.*, data.*, train.* and student.* keys'}")
-    return run, probe
-
-
-def resolve_probe_config(overrides: list[str]) -> ProbeConfig:
-    """Typed ``probe.*`` settings from ``probe.key=value`` overrides (UserError naming the key on any problem)."""
-    data = parse_overrides(overrides).get(_PROBE_KEY, {})
-    if not isinstance(data, dict):
-        raise UserError("config key 'probe' is a section; set its fields instead, e.g. probe.epochs=40")
-    _check_keys(data, ProbeConfig, f"{_PROBE_KEY}.", "ce", ())
-    wrapper = dataclasses.make_dataclass("ProbeRoot", [(_PROBE_KEY, ProbeConfig, field(default_factory=ProbeConfig))])
-    try:
-        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(wrapper), {_PROBE_KEY: data})).probe
-    except OmegaConfBaseException as exc:
-        raise UserError(_type_error_message(exc, wrapper)) from None
-    for key in ("epochs", "batch_size", "lr"):
-        if getattr(cfg, key) <= 0:
-            raise UserError(f"config key 'probe.{key}'={getattr(cfg, key)} must be positive")
-    if cfg.momentum < 0 or cfg.weight_decay < 0 or cfg.lr_decay <= 0:
-        raise UserError("config keys 'probe.momentum', 'probe.weight_decay' must be >= 0 and 'probe.lr_decay' > 0")
-    choices = ("data", *NORMALIZATION)
-    if cfg.normalization not in choices:
-        raise UserError(f"config key 'probe.normalization'='{cfg.normalization}' is not one of {', '.join(choices)}")
-    return cfg
-
-
 def _source_classes(arch: str, state: Any, weights: dict[str, Tensor]) -> int:
     """How many classes the checkpoint's classifier has (the backbone is rebuilt with that head, then unused)."""
     if isinstance(state, dict) and isinstance(state.get("num_classes"), int):
@@ -237,22 +205,11 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     A pckd checkpoint knows its architecture; other files need ``student.arch=NAME``. ``probe.*`` keys set
     :class:`ProbeConfig`; ``train.device``, ``train.eval_batch_size`` and ``train.progress`` are honoured.
     """
-    run_overrides, probe_overrides = _split_overrides(overrides)
-    probe = resolve_probe_config(probe_overrides)
     ckpt_path = Path(checkpoint)
-    trust = any(o.strip() == "student.trust_checkpoint=true" for o in run_overrides)
-    state = read_checkpoint(ckpt_path, trust=trust, key_name="student.checkpoint")
-    base: dict[str, Any] = {}
-    source_data = None
-    if isinstance(state, dict) and state.get("format") == "pckd":
-        base["student"] = {"arch": state["arch"]}
-        source_data = (yaml.safe_load(state.get("config") or "") or {}).get("data", {}).get("name")
-    merged = _deep_merge(base, parse_overrides(run_overrides))
-    if "arch" not in merged.get("student", {}):
-        raise UserError(f"'{ckpt_path}' does not say its architecture; add student.arch=NAME (see 'pckd models')")
-    merged["student"]["checkpoint"] = str(ckpt_path)
-    merged["method"] = "ce"
-    cfg = resolve_config(None, [], base=merged)
+    loaded = load_checkpoint_config(ckpt_path, overrides, keep=(), sections={_PROBE_KEY: ProbeConfig})
+    cfg, state = loaded.cfg, loaded.state
+    probe: ProbeConfig = cfg.probe
+    source_data = (loaded.stored or {}).get("data", {}).get("name") if loaded.stored else None
     weights = extract_state_dict(state, source=f"'{ckpt_path}' (student.checkpoint)")
     n_source = _source_classes(cfg.student.arch, state, weights)
     del state, weights
@@ -263,10 +220,10 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     model.eval().requires_grad_(False)  # frozen: no weight update, BatchNorm uses (and keeps) its running stats
 
     augment = data.augment
-    if probe.normalization != "data" and cfg.data.name != "imagefolder":
-        augment = BatchAugment(*NORMALIZATION[probe.normalization])
+    if probe.normalization != ProbeNormalization.data and cfg.data.name != "imagefolder":
+        augment = BatchAugment(*NORMALIZATION[str(probe.normalization)])
     if cfg.data.name == "imagefolder":
-        mean, std = NORMALIZATION["imagenet" if probe.normalization == "data" else probe.normalization]
+        mean, std = NORMALIZATION["imagenet" if probe.normalization == ProbeNormalization.data else str(probe.normalization)]
         plain, augmented = _folder_transforms(cfg.data.image_size, mean, std)
         data.test.dataset.transform = plain
         data.train.dataset.transform = augmented if probe.augment else plain
@@ -297,9 +254,9 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     result = {
         "checkpoint": str(ckpt_path), "arch": cfg.student.arch, "source_data": source_data,
         "source_classes": n_source, "feature_dim": dim,
-        "data": {"name": cfg.data.name, "root": cfg.data.root, "image_size": data.input_size,
+        "data": {"name": str(cfg.data.name), "root": cfg.data.root, "image_size": data.input_size,
                  "num_classes": data.num_classes, "train_size": n_train, "test_size": int(test_feats.shape[0])},
-        "probe": dataclasses.asdict(probe),
+        "probe": {k: (str(v) if isinstance(v, Choice) else v) for k, v in dataclasses.asdict(probe).items()},
         "epochs": history,
         "best_top1": best["top1"], "best_epoch": best["epoch"],
         "last_top1": history[-1]["top1"], "last_top5": history[-1]["top5"],

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from pckd.run_folder import METRICS, TENSORBOARD, Manifest
 
 
 def _clean(value: Any) -> Any:
@@ -24,22 +27,48 @@ def _clean(value: Any) -> Any:
 
 
 class RunLogger:
-    """Append-only metrics log plus TensorBoard scalars/histograms (the methods' EpochWriter too)."""
+    """Append-only metrics log plus TensorBoard scalars/histograms, and the methods' EpochWriter.
+
+    Every file it (or the trainer, through :meth:`record`) writes is recorded in the run folder's manifest, so an
+    ``overwrite=true`` run later removes exactly these files.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self._tb = None
+        self._tb: Any = None
+        self._manifest: Manifest | None = None
         if enabled:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)
+            self._manifest = Manifest(self.run_dir)
+            self.record(METRICS)
+            self._metrics = open(self.run_dir / METRICS, "a", buffering=1)
             if tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
+                self._open_tensorboard()
 
-                    self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
-                except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-                    self._tb = None
+    def _open_tensorboard(self) -> None:
+        folder = self.run_dir / TENSORBOARD
+        if folder.is_symlink():  # never write through a link into someone else's folder
+            return
+        created = not folder.exists()
+        before = set(os.listdir(folder)) if folder.is_dir() else set()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(folder))
+        except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+            self._tb = None
+            return
+        if created:
+            self.record(TENSORBOARD)
+        else:  # a folder that existed: record only the event files this run adds
+            for name in sorted(set(os.listdir(folder)) - before):
+                self.record(f"{TENSORBOARD}/{name}")
+
+    def record(self, name: str) -> None:
+        """Note that this run wrote ``name`` (relative to the run folder)."""
+        if self._manifest is not None:
+            self._manifest.add(name)
 
     def log(self, record: dict[str, Any], step: int | None = None) -> None:
         """One JSON line; numeric entries also go to TensorBoard at ``step``."""
@@ -63,18 +92,26 @@ class RunLogger:
         if self.enabled and self._tb is not None and values.numel() > 0:
             self._tb.add_histogram(name, values.detach().float().cpu(), epoch)
 
+    def write_text(self, name: str, text: str) -> None:
+        """Write the run-folder file ``name`` atomically (temporary file, then rename) and record it."""
+        if not self.enabled:
+            return
+        self.record(name)
+        tmp = self.run_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(self.run_dir / name)
+
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
-        if self.enabled:
-            tmp = self.run_dir / f".{name}.tmp"
-            tmp.write_text(json.dumps({k: _clean(v) for k, v in payload.items()}, indent=2) + "\n")
-            tmp.replace(self.run_dir / name)
+        """``payload`` as indented JSON (non-finite floats as strings), written like :meth:`write_text`."""
+        self.write_text(name, json.dumps({k: _clean(v) for k, v in payload.items()}, indent=2) + "\n")
 
     def flush(self) -> None:
         if self._tb is not None:
             self._tb.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        """Close the metrics file and TensorBoard (a second call does nothing)."""
+        if self.enabled and not self._metrics.closed:
             self._metrics.close()
             if self._tb is not None:
                 self._tb.close()

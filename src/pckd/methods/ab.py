@@ -69,15 +69,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.fitnet import regressor_conv
 from pckd.methods.precision import as_float
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 # RepDistiller's ABLoss multiplies every stage's loss by 3/1000 (``l / 1000 * 3``).
 AB_SCALE = 3.0 / 1000.0
@@ -118,12 +119,6 @@ def in_init_stage(epoch: int, init_epochs: int) -> bool:
     return epoch <= init_epochs
 
 
-def validate_init_epochs(method: str, init_epochs: object) -> None:
-    """Raise :class:`UserError` unless ``init_epochs`` is an int >= 0."""
-    if isinstance(init_epochs, bool) or not isinstance(init_epochs, int) or init_epochs < 0:
-        raise UserError(f"{method}.init_epochs must be an integer >= 0 (0 = no init stage), got {init_epochs!r}")
-
-
 # ---- heads ----------------------------------------------------------------------------------------------
 class ABConnector(nn.Module):
     """conv (chosen by size, 1x1 for equal sizes) -> BatchNorm, from a student stage map to the teacher's shape."""
@@ -145,35 +140,23 @@ class ABConnector(nn.Module):
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class ABParams:
+class ABParams(Settings):
     """Hyper-parameters of `ab` (section ``ab.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # main stage: weight of the cross-entropy (RepDistiller -r 1)
-    ab_weight: float = 0.0  # main stage: weight of L_AB; 0 as RepDistiller (its loop sets loss_kd = 0 for abound)
-    margin: float = 1.0  # m of the alternative L2 hinge (ABLoss margin)
-    init_epochs: int = 30  # epochs 1..init_epochs train only L_AB (RepDistiller --init_epochs 30)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "ab_weight", "margin"):
-            if getattr(self, name) < 0:
-                raise UserError(f"ab.{name} must be >= 0, got {getattr(self, name)}")
-        validate_init_epochs("ab", self.init_epochs)
+    ce_weight: float = hp(1.0, ge=0, doc="main stage: weight of the cross-entropy (RepDistiller -r 1)")
+    ab_weight: float = hp(0.0, ge=0, doc="main stage: weight of L_AB; 0 as RepDistiller (its loop sets loss_kd = 0 for abound)")
+    margin: float = hp(1.0, ge=0, doc="m of the alternative L2 hinge (ABLoss margin)")
+    init_epochs: int = hp(30, ge=0, doc="epochs 1..init_epochs train only L_AB (RepDistiller --init_epochs 30)")
 
 
 @register_method("ab", ABParams, "activation boundaries: init stage on the AB hinge loss, then CE")
-class AB(Distiller):
+class AB(TeacherDistiller):
     """Init stage: ``L_AB`` through per-stage connectors; main stage: CE (+ ``ab_weight * L_AB``)."""
 
     params: ABParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ABParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "ab needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: ABParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         s_shapes, t_shapes = feature_shapes(student).stages[1:], feature_shapes(teacher).stages[1:]
         if len(s_shapes) != len(t_shapes) or not s_shapes:
             raise UserError(
@@ -194,14 +177,11 @@ class AB(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
+        s, t = self.features_of_standard_view(batch)  # teacher first
         if in_init_stage(epoch, p.init_epochs):
-            s = self.student.forward_features(x)
             per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
             return StepOutput(logits=s.logits, losses={"ab_init": torch.stack(per_stage).sum()}, stats=stats)
-        s = self.student.forward_features(x)
-        losses = {"ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels)}
+        losses = {"ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels)}
         stats: dict[str, Tensor] = {}
         if p.ab_weight > 0:
             per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
@@ -210,4 +190,4 @@ class AB(Distiller):
 
 
 __all__ = ["AB", "ABConnector", "ABParams", "ab_losses", "ab_stage_loss", "ab_stage_weights",
-           "in_init_stage", "validate_init_epochs"]
+           "in_init_stage"]

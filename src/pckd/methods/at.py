@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float, no_autocast
 from pckd.methods.stage_features import check_paired_stages, match_spatial
+from pckd.params import Settings, hp
 
 
 def attention_map(f: Tensor, p: float = 2.0) -> Tensor:
@@ -64,45 +65,29 @@ def at_loss(stages_s: list[Tensor], stages_t: list[Tensor], p: float = 2.0) -> T
 
 
 @dataclass
-class ATParams:
+class ATParams(Settings):
     """Hyper-parameters of `at` (config section ``at.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
-    at_weight: float = 1000.0  # beta: weight of the summed attention-transfer loss (RepDistiller -b 1000)
-    p: float = 2.0  # exponent of the activations in the attention map (RepDistiller Attention(p=2))
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.ce_weight < 0:
-            raise UserError(f"at.ce_weight must be >= 0, got {self.ce_weight}")
-        if self.at_weight < 0:
-            raise UserError(f"at.at_weight must be >= 0, got {self.at_weight}")
-        if not self.p > 0:
-            raise UserError(f"at.p must be > 0, got {self.p}")
+    ce_weight: float = hp(1.0, ge=0, doc="weight of the cross-entropy on labels (RepDistiller -r 1)")
+    at_weight: float = hp(1000.0, ge=0, doc="beta: weight of the summed attention-transfer loss (RepDistiller -b 1000)")
+    p: float = hp(2.0, gt=0, doc="exponent of the activations in the attention map (RepDistiller Attention(p=2))")
 
 
 @register_method("at", ATParams, "attention transfer: CE + beta * sum over stages of attention-map MSE")
-class AT(Distiller):
+class AT(TeacherDistiller):
     """CE + ``at_weight`` x sum over ``stages[1:]`` of the attention-map loss; no trainable heads."""
 
     params: ATParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ATParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "at needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: ATParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         check_paired_stages("at", student, teacher)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
-        feats_s = self.student.forward_features(x)
+        feats_s, feats_t = self.features_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(feats_s.logits, batch.labels),
             "at": p.at_weight * at_loss(feats_s.stages[1:], feats_t.stages[1:], p.p),
         }
         return StepOutput(logits=feats_s.logits, losses=losses)

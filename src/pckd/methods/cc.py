@@ -34,13 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import as_float, no_autocast
 from pckd.models.interface import feature_shapes
+from pckd.params import Choice, Settings, hp
 
-KERNELS = ("repdistiller", "gaussian")
+
+class CCKernel(Choice):
+    """The correlation kernel (``cc.kernel``): RepDistiller's released form or the paper's Taylor-RBF form."""
+
+    repdistiller = "repdistiller"
+    gaussian = "gaussian"
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -82,48 +88,27 @@ def cc_gaussian_loss(emb_s: Tensor, emb_t: Tensor, gamma: float, order: int) -> 
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class CCParams:
+class CCParams(Settings):
     """Hyper-parameters of `cc` (section ``cc.*``); CIFAR-100 defaults of RepDistiller."""
 
-    ce_weight: float = 1.0  # RepDistiller -r (gamma)
-    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the CC baseline
-    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
-    cc_weight: float = 0.02  # RepDistiller -b (beta)
-    feat_dim: int = 128  # embedding dimension of both heads (RepDistiller --feat_dim)
-    kernel: str = "repdistiller"  # repdistiller (released code, default) | gaussian (paper's Taylor-RBF form)
-    gamma: float = 0.4  # RBF gamma of the gaussian form (paper value)
-    order: int = 2  # Taylor order P of the gaussian form (paper value)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "kd_weight", "cc_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"cc.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise UserError(f"cc.temperature must be > 0, got {self.temperature}")
-        if self.kernel not in KERNELS:
-            raise UserError(f"cc.kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
-        if isinstance(self.feat_dim, bool) or not isinstance(self.feat_dim, int) or self.feat_dim < 1:
-            raise UserError(f"cc.feat_dim must be a positive integer, got {self.feat_dim!r}")
-        if not self.gamma > 0:
-            raise UserError(f"cc.gamma must be > 0, got {self.gamma}")
-        if isinstance(self.order, bool) or not isinstance(self.order, int) or self.order < 0:
-            raise UserError(f"cc.order must be an integer >= 0, got {self.order!r}")
+    ce_weight: float = hp(1.0, ge=0, doc="RepDistiller -r (gamma)")
+    kd_weight: float = hp(0.0, ge=0, doc="RepDistiller -a (alpha): Hinton KD on top; 0 for the CC baseline")
+    temperature: float = hp(4.0, gt=0, doc="KD temperature, used only when kd_weight > 0")
+    cc_weight: float = hp(0.02, ge=0, doc="RepDistiller -b (beta)")
+    feat_dim: int = hp(128, ge=1, doc="embedding dimension of both heads (RepDistiller --feat_dim)")
+    kernel: CCKernel = hp(CCKernel.repdistiller, doc="repdistiller (released code, default) | gaussian (paper's Taylor-RBF form)")
+    gamma: float = hp(0.4, gt=0, doc="RBF gamma of the gaussian form (paper value)")
+    order: int = hp(2, ge=0, doc="Taylor order P of the gaussian form (paper value)")
 
 
 @register_method("cc", CCParams, "correlation congruence: CE + 0.02 * correlation of embedded pooled features")
-class CC(Distiller):
+class CC(TeacherDistiller):
     """CE + beta * L_CC between trainable 128-d embeddings of the student's and teacher's penultimate vectors."""
 
     params: CCParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: CCParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "cc needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: CCParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         self.embed_s = nn.Linear(feature_shapes(student).pooled, params.feat_dim)
         self.embed_t = nn.Linear(feature_shapes(teacher).pooled, params.feat_dim)
 
@@ -134,16 +119,14 @@ class CC(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
-        s = self.student.forward_features(x)
+        s, t = self.features_of_standard_view(batch)  # teacher first
         z_s, z_t = self.embed(self.embed_s, s.pooled), self.embed(self.embed_t, t.pooled)
         if p.kernel == "gaussian":
             cc = cc_gaussian_loss(z_s, z_t, p.gamma, p.order)
         else:
             cc = cc_repdistiller_loss(z_s, z_t)
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels),
             "cc": p.cc_weight * cc,
         }
         if p.kd_weight > 0:

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 
 from pckd.data.batch import Batch
 from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.params import Settings, hp
 
 
 @dataclass
-class CEParams:
+class CEParams(Settings):
     """Hyper-parameters of `ce`."""
 
-    label_smoothing: float = 0.0
+    label_smoothing: float = hp(0.0, ge=0, le=1)
 
 
 @register_method("ce", CEParams, "cross-entropy only (train a teacher, or a student from scratch)")

@@ -21,12 +21,23 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.engine.distributed import all_gather_rows, is_distributed
+from pckd.data.info import DataInfo
+from pckd.distributed import all_gather_rows, is_distributed
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import no_autocast
+from pckd.methods.weighting import WeightingParams
+from pckd.params import Choice, Settings, hp
 
-NEGATIVES = ("teacher_student", "student_student")
+
+class CKDNegatives(Choice):
+    """Where an anchor's negatives come from (``ckd.negatives``)."""
+
+    teacher_student = "teacher_student"
+    student_student = "student_student"
+
+
+NEGATIVES = tuple(m.value for m in CKDNegatives)
 
 
 def _float_compute(*tensors: Tensor) -> tuple[Tensor, ...]:
@@ -110,7 +121,7 @@ def ckd_loss(
 
 
 @dataclass
-class CKDParams:
+class CKDParams(Settings):
     """Hyper-parameters of `ckd` (config section ``ckd.*``).
 
     ce_weight: w_CE (released code 1.0).
@@ -124,43 +135,28 @@ class CKDParams:
         contrasts only within its own shard. No effect in a single process.
     """
 
-    ce_weight: float = 1.0
-    weight: float = 10.0
-    tau: float = 1.0
-    symmetric: bool = False
-    negatives: str = "teacher_student"
-    global_negatives: bool = True
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        _check_negatives(self.negatives)
-        if not self.tau > 0:
-            raise UserError(f"ckd.tau must be > 0, got {self.tau}")
-        if self.weight < 0:
-            raise UserError(f"ckd.weight must be >= 0, got {self.weight}")
-        if self.ce_weight < 0:
-            raise UserError(f"ckd.ce_weight must be >= 0, got {self.ce_weight}")
+    ce_weight: float = hp(1.0, ge=0)
+    weight: float = hp(10.0, ge=0)
+    tau: float = hp(1.0, gt=0)
+    symmetric: bool = hp(False)
+    negatives: CKDNegatives = hp(CKDNegatives.teacher_student)
+    global_negatives: bool = hp(True)
+    weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-anchor InfoNCE")
 
 
 @register_method("ckd", CKDParams, "sample-wise contrastive KD: CE + w * InfoNCE over teacher/student logits")
-class CKD(Distiller):
+class CKD(TeacherDistiller):
     """CE + ``weight`` x InfoNCE between teacher and student logits over the (global) batch."""
 
     params: CKDParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: CKDParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: CKDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
-        logits = self.student(x)
-        ce = F.cross_entropy(logits.float(), batch.labels)
+        logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
+        ce = self.cross_entropy(logits, batch.labels)
 
         if p.global_negatives and is_distributed():
             # Columns = the global batch; rows = this rank's anchors. The gather routes the gradient of every
@@ -168,8 +164,9 @@ class CKD(Distiller):
             # the gradient of the global-batch mean (exactly so when the shards are equal in size).
             both, rows = all_gather_rows(torch.cat([logits, teacher_logits.to(logits.dtype)], dim=1))  # one gather
             s_all, t_all = both.split(logits.shape[1], dim=1)
-            contrast = ckd_per_sample(s_all, t_all, p.tau, p.symmetric, p.negatives, rows=rows).mean()
+            per_anchor = ckd_per_sample(s_all, t_all, p.tau, p.symmetric, p.negatives, rows=rows)
         else:
-            contrast = ckd_loss(logits, teacher_logits, p.tau, p.symmetric, p.negatives)
+            per_anchor = ckd_per_sample(logits, teacher_logits, p.tau, p.symmetric, p.negatives)
+        contrast = self.weighting.mean(per_anchor, logits, batch.labels, epoch)
         losses = {"ce": p.ce_weight * ce, "ckd": p.weight * contrast}
         return StepOutput(logits=logits, losses=losses)

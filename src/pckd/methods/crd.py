@@ -49,7 +49,7 @@ DDP: the ranks gather the global batch's indices and labels, every rank draws th
 global batch from the same RNG stream (the trainer seeds all ranks alike) and keeps its own rows, so the draws
 are those of one process with the global batch and the RNG states stay in step. Each rank scores its own
 anchors against its copy of the banks; the bank update and ``bank_labels`` use every rank's rows
-(:func:`pckd.engine.distributed.all_gather_rows`), so the copies stay identical; ``Z`` is estimated from the
+(:func:`pckd.distributed.all_gather_rows`), so the copies stay identical; ``Z`` is estimated from the
 mean over the global first batch. The loss is the mean over the local anchors (DDP averages the gradients).
 """
 
@@ -64,14 +64,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.engine.distributed import all_gather_rows, global_mean
+from pckd.data.info import DataInfo
+from pckd.distributed import all_gather_rows, global_mean
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import no_autocast
 from pckd.models.interface import feature_shapes
+from pckd.params import Choice, Settings, hp
 
-NEGATIVE_MODES = ("other_class", "uniform")
+
+class CRDNegatives(Choice):
+    """How negatives are drawn (``crd.negatives``): RepDistiller's CIFAR sampler or uniformly."""
+
+    other_class = "other_class"
+    uniform = "uniform"
+
+
+NEGATIVE_MODES = tuple(m.value for m in CRDNegatives)
 NCE_EPS = 1e-7  # RepDistiller's ``eps`` in ContrastLoss
 
 
@@ -158,39 +168,18 @@ def draw_contrast_index(index: Tensor, labels: Tensor, bank_labels: Tensor | Non
 
 # ---- hyper-parameters -------------------------------------------------------------------------------------
 @dataclass
-class CRDParams:
+class CRDParams(Settings):
     """Hyper-parameters of `crd` (config section ``crd.*``; RepDistiller's CIFAR-100 defaults)."""
 
-    ce_weight: float = 1.0  # -r: weight of the cross-entropy
-    kd_weight: float = 0.0  # -a: weight of Hinton KD (0 in the paper's "CRD" row, 1 in "CRD+KD")
-    crd_weight: float = 0.8  # -b: weight of the CRD loss
-    temperature: float = 4.0  # --kd_T, used only when kd_weight > 0
-    feat_dim: int = 128  # --feat_dim: embedding dimension of both heads and of the memory banks
-    nce_k: int = 16384  # --nce_k: negatives per sample
-    nce_t: float = 0.07  # --nce_t: temperature of the scores
-    nce_mom: float = 0.5  # --nce_m: momentum of the memory update
-    negatives: str = "other_class"  # how negatives are drawn: other_class (RepDistiller CIFAR) or uniform
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.negatives not in NEGATIVE_MODES:
-            raise UserError(f"crd.negatives must be one of {', '.join(NEGATIVE_MODES)}, got {self.negatives!r}")
-        if self.feat_dim < 1:
-            raise UserError(f"crd.feat_dim must be >= 1, got {self.feat_dim}")
-        if self.nce_k < 1:
-            raise UserError(f"crd.nce_k must be >= 1, got {self.nce_k}")
-        if not self.nce_t > 0:
-            raise UserError(f"crd.nce_t must be > 0, got {self.nce_t}")
-        if not 0 <= self.nce_mom < 1:
-            raise UserError(f"crd.nce_mom must be in [0, 1), got {self.nce_mom}")
-        if not self.temperature > 0:
-            raise UserError(f"crd.temperature must be > 0, got {self.temperature}")
-        for key in ("ce_weight", "kd_weight", "crd_weight"):
-            if getattr(self, key) < 0:
-                raise UserError(f"crd.{key} must be >= 0, got {getattr(self, key)}")
+    ce_weight: float = hp(1.0, ge=0, doc="-r: weight of the cross-entropy")
+    kd_weight: float = hp(0.0, ge=0, doc="-a: weight of Hinton KD (0 in the paper's 'CRD' row, 1 in 'CRD+KD')")
+    crd_weight: float = hp(0.8, ge=0, doc="-b: weight of the CRD loss")
+    temperature: float = hp(4.0, gt=0, doc="--kd_T, used only when kd_weight > 0")
+    feat_dim: int = hp(128, ge=1, doc="--feat_dim: embedding dimension of both heads and of the memory banks")
+    nce_k: int = hp(16384, ge=1, doc="--nce_k: negatives per sample")
+    nce_t: float = hp(0.07, gt=0, doc="--nce_t: temperature of the scores")
+    nce_mom: float = hp(0.5, ge=0, lt=1, doc="--nce_m: momentum of the memory update")
+    negatives: CRDNegatives = hp(CRDNegatives.other_class, doc="how negatives are drawn: other_class (RepDistiller CIFAR) or uniform")
 
 
 # ---- the method -------------------------------------------------------------------------------------------
@@ -211,19 +200,16 @@ class Embed(nn.Module):
 
 
 @register_method("crd", CRDParams, "contrastive representation distillation: CE + NCE against memory banks")
-class CRD(Distiller):
+class CRD(TeacherDistiller):
     """CE (+ optional KD) + CRD's two-sided NCE loss with per-sample memory banks of both embeddings."""
 
     params: CRDParams
-    wants_train_size = True
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: CRDParams, num_classes: int,
-                 train_size: int, train_labels: Tensor | None = None) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: CRDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
+        train_size, train_labels = data.train_size, data.train_labels
         if train_size < 2:
             raise UserError(f"crd needs at least 2 training images for negatives, got {train_size}")
-        assert teacher is not None, "crd needs a teacher"
         self.train_size = int(train_size)
         d = params.feat_dim
         self.embed_s = Embed(feature_shapes(student).pooled, d)
@@ -236,7 +222,7 @@ class CRD(Distiller):
         # Label of every training sample (-1 = not known yet); only the other_class negatives use it.
         labels = torch.full((train_size,), -1, dtype=torch.long) if train_labels is None else train_labels.long()
         if labels.shape != (train_size,):
-            raise UserError(f"crd: train_labels has shape {tuple(labels.shape)}, expected ({train_size},)")
+            raise UserError(f"crd: data.train_labels has shape {tuple(labels.shape)}, expected ({train_size},)")
         self.register_buffer("bank_labels", labels.clone())
         self._z_ready = False  # host-side cache of "z >= 0", so the check costs no sync once Z is set
         self.register_load_state_dict_post_hook(_forget_z_cache)
@@ -261,11 +247,9 @@ class CRD(Distiller):
     # ---- training step ---------------------------------------------------------------------------------------
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t_out = self.teacher_features(x)  # teacher first: see PCKD.forward_train
-        s_out = self.student.forward_features(x)
+        s_out, t_out = self.features_of_standard_view(batch)  # teacher first
         logits = s_out.logits
-        losses = {"ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels)}
+        losses = {"ce": p.ce_weight * self.cross_entropy(logits, batch.labels)}
         if p.kd_weight > 0:
             losses["kd"] = p.kd_weight * kd_loss(logits, t_out.logits, p.temperature)
 

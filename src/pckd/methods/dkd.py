@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
+from pckd.methods.weighting import WeightingParams
+from pckd.params import Settings, hp
 
 
 def _loss_dtype(student_logits: Tensor, teacher_logits: Tensor) -> torch.dtype:
@@ -93,45 +94,32 @@ def warmup_factor(epoch: int, warmup: int) -> float:
 
 
 @dataclass
-class DKDParams:
+class DKDParams(Settings):
     """Hyper-parameters of `dkd` (config section ``dkd.*``; mdistiller CIFAR-100 defaults)."""
 
-    ce_weight: float = 1.0  # weight of the cross-entropy on the labels (mdistiller DKD.CE_WEIGHT)
-    alpha: float = 1.0  # weight of TCKD (DKD.ALPHA)
-    beta: float = 8.0  # weight of NCKD (DKD.BETA); mdistiller's configs set it per pair (2 / 6 / 8)
-    temperature: float = 4.0  # softmax temperature T of both parts (DKD.T)
-    warmup: int = 20  # epochs of the linear ramp of the KD part, min(epoch / warmup, 1); 0 = none (DKD.WARMUP)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if not self.temperature > 0:
-            raise UserError(f"dkd.temperature must be > 0, got {self.temperature}")
-        for key in ("ce_weight", "alpha", "beta"):
-            if getattr(self, key) < 0:
-                raise UserError(f"dkd.{key} must be >= 0, got {getattr(self, key)}")
-        if self.warmup < 0:
-            raise UserError(f"dkd.warmup must be >= 0 (0 = no warm-up), got {self.warmup}")
+    ce_weight: float = hp(1.0, ge=0, doc="weight of the cross-entropy on the labels (mdistiller DKD.CE_WEIGHT)")
+    alpha: float = hp(1.0, ge=0, doc="weight of TCKD (DKD.ALPHA)")
+    beta: float = hp(8.0, ge=0, doc="weight of NCKD (DKD.BETA); mdistiller's configs set it per pair (2 / 6 / 8)")
+    temperature: float = hp(4.0, gt=0, doc="softmax temperature T of both parts (DKD.T)")
+    warmup: int = hp(20, ge=0, doc="epochs of the linear ramp of the KD part, min(epoch / warmup, 1); 0 = none (DKD.WARMUP)")
+    weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample TCKD and NCKD")
 
 
 @register_method("dkd", DKDParams, "Decoupled KD: CE + ramp * (alpha * TCKD + beta * NCKD), mdistiller recipe")
-class DKD(Distiller):
+class DKD(TeacherDistiller):
     """Decoupled knowledge distillation; the two parts are logged separately as ``tckd`` and ``nckd``."""
 
     params: DKDParams
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
-        logits = self.student(x)
+        logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         ramp = warmup_factor(epoch, p.warmup)
-        tckd = tckd_per_sample(logits, teacher_logits, batch.labels, p.temperature).mean()
-        nckd = nckd_per_sample(logits, teacher_logits, batch.labels, p.temperature).mean()
+        reduce = self.weighting.mean
+        tckd = reduce(tckd_per_sample(logits, teacher_logits, batch.labels, p.temperature), logits, batch.labels, epoch)
+        nckd = reduce(nckd_per_sample(logits, teacher_logits, batch.labels, p.temperature), logits, batch.labels, epoch)
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
             "tckd": (ramp * p.alpha) * tckd,
             "nckd": (ramp * p.beta) * nckd,
         }

@@ -31,10 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 
 def hint_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
@@ -80,36 +82,22 @@ class HintRegressor(nn.Module):
 
 
 @dataclass
-class FitNetParams:
+class FitNetParams(Settings):
     """Hyper-parameters of `fitnet` (config section ``fitnet.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
-    hint_weight: float = 100.0  # beta: weight of the hint MSE (RepDistiller -b 100)
-    hint_layer: int = 2  # index into stages (stem = 0) of the guided/hint maps (RepDistiller --hint_layer 2)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.ce_weight < 0:
-            raise UserError(f"fitnet.ce_weight must be >= 0, got {self.ce_weight}")
-        if self.hint_weight < 0:
-            raise UserError(f"fitnet.hint_weight must be >= 0, got {self.hint_weight}")
-        if isinstance(self.hint_layer, bool) or not isinstance(self.hint_layer, int) or self.hint_layer < 0:
-            raise UserError(f"fitnet.hint_layer must be a stage index >= 0 (0 = stem), got {self.hint_layer!r}")
+    ce_weight: float = hp(1.0, ge=0, doc="weight of the cross-entropy on labels (RepDistiller -r 1)")
+    hint_weight: float = hp(100.0, ge=0, doc="beta: weight of the hint MSE (RepDistiller -b 100)")
+    hint_layer: int = hp(2, ge=0, doc="index into stages (stem = 0) of the guided/hint maps (RepDistiller --hint_layer 2)")
 
 
 @register_method("fitnet", FitNetParams, "FitNets: CE + beta * MSE(regressor(student stage), teacher stage)")
-class FitNet(Distiller):
+class FitNet(TeacherDistiller):
     """CE + ``hint_weight`` x MSE between ``regressor(student.stages[l])`` and ``teacher.stages[l]``."""
 
     params: FitNetParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FitNetParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "fitnet needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: FitNetParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         shapes_s, shapes_t = feature_shapes(student).stages, feature_shapes(teacher).stages
         layer = params.hint_layer
         if layer >= min(len(shapes_s), len(shapes_t)):
@@ -126,7 +114,7 @@ class FitNet(Distiller):
         feats_s = self.student.forward_features(x)
         guided = self.regressor(feats_s.stages[p.hint_layer])
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(feats_s.logits, batch.labels),
             "hint": p.hint_weight * hint_loss(guided, hint),
         }
         return StepOutput(logits=feats_s.logits, losses=losses)

@@ -49,16 +49,17 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.ab import in_init_stage, validate_init_epochs
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.ab import in_init_stage
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float, no_autocast
 from pckd.methods.stage_features import match_spatial
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 
 # ---- pure loss functions ---------------------------------------------------------------------------------
@@ -94,34 +95,22 @@ def check_fsp_pair(s_shapes: Sequence[tuple[int, ...]], t_shapes: Sequence[tuple
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class FSPParams:
+class FSPParams(Settings):
     """Hyper-parameters of `fsp` (section ``fsp.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # main stage: weight of the cross-entropy (RepDistiller -r 1)
-    fsp_weight: float = 0.0  # main stage: weight of L_FSP; 0 as RepDistiller (its loop sets loss_kd = 0 for fsp)
-    init_epochs: int = 30  # epochs 1..init_epochs train only L_FSP (RepDistiller --init_epochs 30)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "fsp_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"fsp.{name} must be >= 0, got {getattr(self, name)}")
-        validate_init_epochs("fsp", self.init_epochs)
+    ce_weight: float = hp(1.0, ge=0, doc="main stage: weight of the cross-entropy (RepDistiller -r 1)")
+    fsp_weight: float = hp(0.0, ge=0, doc="main stage: weight of L_FSP; 0 as RepDistiller (its loop sets loss_kd = 0 for fsp)")
+    init_epochs: int = hp(30, ge=0, doc="epochs 1..init_epochs train only L_FSP (RepDistiller --init_epochs 30)")
 
 
 @register_method("fsp", FSPParams, "flow of solution procedure: init stage on FSP-matrix MSE, then CE")
-class FSP(Distiller):
+class FSP(TeacherDistiller):
     """Init stage: MSE between student and teacher FSP matrices; main stage: CE (+ ``fsp_weight * L_FSP``)."""
 
     params: FSPParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FSPParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "fsp needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: FSPParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         check_fsp_pair(feature_shapes(student).stages, feature_shapes(teacher).stages)
 
     def _fsp_terms(self, s_stages: list[Tensor], t_stages: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
@@ -130,14 +119,11 @@ class FSP(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
+        s, t = self.features_of_standard_view(batch)  # teacher first
         if in_init_stage(epoch, p.init_epochs):
-            s = self.student.forward_features(x)
             loss, stats = self._fsp_terms(s.stages, t.stages)
             return StepOutput(logits=s.logits, losses={"fsp_init": loss}, stats=stats)
-        s = self.student.forward_features(x)
-        losses = {"ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels)}
+        losses = {"ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels)}
         stats: dict[str, Tensor] = {}
         if p.fsp_weight > 0:
             loss, stats = self._fsp_terms(s.stages, t.stages)

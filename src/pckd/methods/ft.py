@@ -58,12 +58,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.ab import in_init_stage, validate_init_epochs
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.ab import in_init_stage
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float, no_autocast
 from pckd.methods.stage_features import match_spatial
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 LEAKY_SLOPE = 0.1  # negative slope of every LeakyReLU in the paraphraser and translator (RepDistiller)
 
@@ -145,41 +147,26 @@ class Translator(nn.Module):
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class FTParams:
+class FTParams(Settings):
     """Hyper-parameters of `ft` (section ``ft.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # main stage: weight of the cross-entropy (RepDistiller -r 1)
-    ft_weight: float = 200.0  # main stage: weight of L_FT (RepDistiller -b 200)
-    rate: float = 0.5  # paraphrase rate k: factor channels = int(k * C_t) (Paraphraser/Translator k=0.5)
-    factor_p: float = 2.0  # p1: factor = normalize(mean_c |F|^p1) (FactorTransfer p1=2)
-    loss_p: float = 1.0  # p2: L_FT = mean |phi_s - phi_t|^p2 (FactorTransfer p2=1)
-    init_epochs: int = 30  # epochs 1..init_epochs train only the paraphraser (RepDistiller --init_epochs 30)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "ft_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"ft.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("rate", "factor_p", "loss_p"):
-            if not getattr(self, name) > 0:
-                raise UserError(f"ft.{name} must be > 0, got {getattr(self, name)}")
-        validate_init_epochs("ft", self.init_epochs)
+    ce_weight: float = hp(1.0, ge=0, doc="main stage: weight of the cross-entropy (RepDistiller -r 1)")
+    ft_weight: float = hp(200.0, ge=0, doc="main stage: weight of L_FT (RepDistiller -b 200)")
+    rate: float = hp(0.5, gt=0, doc="paraphrase rate k: factor channels = int(k * C_t) (Paraphraser/Translator k=0.5)")
+    factor_p: float = hp(2.0, gt=0, doc="p1: factor = normalize(mean_c |F|^p1) (FactorTransfer p1=2)")
+    loss_p: float = hp(1.0, gt=0, doc="p2: L_FT = mean |phi_s - phi_t|^p2 (FactorTransfer p2=1)")
+    init_epochs: int = hp(30, ge=0, doc="epochs 1..init_epochs train only the paraphraser (RepDistiller --init_epochs 30)")
 
 
 @register_method("ft", FTParams, "factor transfer: init stage trains the teacher's paraphraser, then CE + beta * L1 "
                                  "between factors")
-class FT(Distiller):
+class FT(TeacherDistiller):
     """Init stage: paraphraser autoencoder on the teacher's last map; main stage: CE + ``ft_weight * L_FT``."""
 
     params: FTParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: FTParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "ft needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: FTParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         s_last, t_last = feature_shapes(student).stages[-1], feature_shapes(teacher).stages[-1]
         if len(s_last) != 3 or len(t_last) != 3:
             raise UserError(f"ft needs (C, H, W) last stage maps, got student {s_last} and teacher {t_last}")
@@ -201,7 +188,7 @@ class FT(Distiller):
             factor_t = self.paraphraser.encode(f_t)
         factor_s = self.translator(s.stages[-1])
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels),
             "ft": p.ft_weight * factor_transfer_loss(factor_s, factor_t, p.factor_p, p.loss_p),
         }
         return StepOutput(logits=s.logits, losses=losses)

@@ -29,11 +29,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import no_autocast
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -63,24 +64,13 @@ def ickd_loss(student_map: Tensor, teacher_map: Tensor) -> Tensor:
 
 # ---- hyper-parameters -------------------------------------------------------------------------------------
 @dataclass
-class ICKDParams:
+class ICKDParams(Settings):
     """Hyper-parameters of `ickd` (config section ``ickd.*``; the released CIFAR-100 recipe)."""
 
-    ce_weight: float = 1.0  # -r: weight of the cross-entropy
-    kd_weight: float = 1.0  # -a: weight of Hinton KD ("ICKD-C" row: 1; "w/o KL" row: 0)
-    ickd_weight: float = 2.5  # -b: weight of the inter-channel correlation loss
-    temperature: float = 4.0  # --kd_T, used only when kd_weight > 0
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if not self.temperature > 0:
-            raise UserError(f"ickd.temperature must be > 0, got {self.temperature}")
-        for key in ("ce_weight", "kd_weight", "ickd_weight"):
-            if getattr(self, key) < 0:
-                raise UserError(f"ickd.{key} must be >= 0, got {getattr(self, key)}")
+    ce_weight: float = hp(1.0, ge=0, doc="-r: weight of the cross-entropy")
+    kd_weight: float = hp(1.0, ge=0, doc="-a: weight of Hinton KD ('ICKD-C' row: 1; 'w/o KL' row: 0)")
+    ickd_weight: float = hp(2.5, ge=0, doc="-b: weight of the inter-channel correlation loss")
+    temperature: float = hp(4.0, gt=0, doc="--kd_T, used only when kd_weight > 0")
 
 
 # ---- the method -------------------------------------------------------------------------------------------
@@ -92,26 +82,22 @@ class ChannelEmbed(nn.Sequential):
 
 
 @register_method("ickd", ICKDParams, "inter-channel correlation KD: CE + KD + MSE of channel Gram matrices")
-class ICKD(Distiller):
+class ICKD(TeacherDistiller):
     """CE + KD + ``ickd_weight`` x the distance between student and teacher channel correlations."""
 
     params: ICKDParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ICKDParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "ickd needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: ICKDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         c_s = feature_shapes(student).stages[-1][0]
         c_t = feature_shapes(teacher).stages[-1][0]
         self.embed = ChannelEmbed(c_s, c_t)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t_out = self.teacher_features(x)  # teacher first: see PCKD.forward_train
-        s_out = self.student.forward_features(x)
+        s_out, t_out = self.features_of_standard_view(batch)  # teacher first
         logits = s_out.logits
-        losses = {"ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels)}
+        losses = {"ce": p.ce_weight * self.cross_entropy(logits, batch.labels)}
         if p.kd_weight > 0:
             losses["kd"] = p.kd_weight * kd_loss(logits, t_out.logits, p.temperature)
         embedded = self.embed(s_out.stages[-1])

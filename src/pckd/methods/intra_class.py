@@ -23,12 +23,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.engine.distributed import all_gather_cat
+from pckd.data.info import DataInfo
+from pckd.distributed import all_gather_cat
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
 from pckd.methods.precision import no_autocast
+from pckd.params import Choice, Settings, hp
 
-MARGIN_MODES = ("gate", "none")
+
+class MarginMode(Choice):
+    """Whether the margin gate applies (``intra_class.margin``)."""
+
+    gate = "gate"
+    none = "none"
+
+
+MARGIN_MODES = tuple(m.value for m in MarginMode)
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -154,7 +164,7 @@ class ClassQueue(nn.Module):
 
 # ---- hyper-parameters and the method --------------------------------------------------------------------
 @dataclass
-class IntraClassParams:
+class IntraClassParams(Settings):
     """Hyper-parameters of `intra_class` (config section ``intra_class.*``). All are the project's assumptions
     (decisions.md), since the paper's values are not public.
 
@@ -166,30 +176,12 @@ class IntraClassParams:
     queue_size: cached features per class (32).
     """
 
-    ce_weight: float = 1.0
-    contrast_weight: float = 0.1
-    tau: float = 0.5
-    delta: float = 0.5
-    margin: str = "gate"
-    queue_size: int = 32
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.margin not in MARGIN_MODES:
-            raise UserError(f"intra_class.margin must be one of {', '.join(MARGIN_MODES)}, got {self.margin!r}")
-        if not self.tau > 0:
-            raise UserError(f"intra_class.tau must be > 0, got {self.tau}")
-        if not -1.0 <= self.delta <= 1.0:
-            raise UserError(f"intra_class.delta must lie in [-1, 1] (a probability margin), got {self.delta}")
-        if int(self.queue_size) != self.queue_size or self.queue_size < 0:
-            raise UserError(f"intra_class.queue_size must be an integer >= 0, got {self.queue_size}")
-        if self.contrast_weight < 0:
-            raise UserError(f"intra_class.contrast_weight must be >= 0, got {self.contrast_weight}")
-        if self.ce_weight < 0:
-            raise UserError(f"intra_class.ce_weight must be >= 0, got {self.ce_weight}")
+    ce_weight: float = hp(1.0, ge=0)
+    contrast_weight: float = hp(0.1, ge=0)
+    tau: float = hp(0.5, gt=0)
+    delta: float = hp(0.5, ge=-1, le=1)
+    margin: MarginMode = hp(MarginMode.gate)
+    queue_size: int = hp(32, ge=0)
 
 
 @register_method(
@@ -204,11 +196,10 @@ class IntraClass(Distiller):
     params: IntraClassParams
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module | None, params: IntraClassParams, num_classes: int
+        self, student: nn.Module, teacher: nn.Module | None, params: IntraClassParams, data: DataInfo
     ) -> None:
-        params.validate()
-        super().__init__(student, teacher, params, num_classes)
-        queue = ClassQueue(num_classes, int(params.queue_size), int(student.penultimate_dim))
+        super().__init__(student, teacher, params, data)
+        queue = ClassQueue(data.num_classes, int(params.queue_size), int(student.penultimate_dim))
         # Kept out of the module tree (like the teacher): the queue is identical on every rank by construction
         # (it is fed gathered features), so DDP's per-step buffer broadcast would only waste bandwidth. It is
         # checkpointed through method_state() and moved by _apply().

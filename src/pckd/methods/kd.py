@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pckd.data.batch import Batch
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
+from pckd.methods.weighting import WeightingParams
+from pckd.params import Settings, hp
 
 
 def kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
@@ -26,27 +28,27 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
 
 
 @dataclass
-class KDParams:
+class KDParams(Settings):
     """Hyper-parameters of `kd` (CIFAR-100 benchmark defaults: CE 0.1, KD 0.9, T 4)."""
 
-    temperature: float = 4.0
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
+    temperature: float = hp(4.0, gt=0)
+    ce_weight: float = hp(0.1, ge=0)
+    kd_weight: float = hp(0.9, ge=0)
+    weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample KD term")
 
 
 @register_method("kd", KDParams, "Hinton KD: CE + T^2 * KL(teacher || student) on softened outputs")
-class KD(Distiller):
+class KD(TeacherDistiller):
     """Vanilla knowledge distillation."""
 
     params: KDParams
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
-        x = batch.augment.standard(batch.images)
-        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
-        logits = self.student(x)
+        logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         p = self.params
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels),
-            "kd": p.kd_weight * kd_loss(logits, teacher_logits, p.temperature),
+            "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
+            "kd": p.kd_weight * self.weighting.mean(kd_per_sample(logits, teacher_logits, p.temperature), logits,
+                                                    batch.labels, epoch),
         }
         return StepOutput(logits=logits, losses=losses)

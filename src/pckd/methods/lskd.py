@@ -27,13 +27,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_per_sample
+from pckd.methods.weighting import WeightingParams
+from pckd.params import Settings, hp
 
 STD_EPS = 1e-7  # added to the std, as in the released code (keeps a constant row finite)
 
@@ -55,38 +55,27 @@ def lskd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tenso
 
 
 @dataclass
-class LSKDParams:
+class LSKDParams(Settings):
     """Hyper-parameters of `lskd` (config section ``lskd.*``; the authors' CIFAR-100 KD recipe)."""
 
-    temperature: float = 2.0  # base temperature T applied to the standardised logits (--base-temp 2)
-    ce_weight: float = 0.1  # weight of the cross-entropy on the labels
-    kd_weight: float = 9.0  # weight of the standardised KD term (--kd-weight 9)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if not self.temperature > 0:
-            raise UserError(f"lskd.temperature must be > 0, got {self.temperature}")
-        for key in ("ce_weight", "kd_weight"):
-            if getattr(self, key) < 0:
-                raise UserError(f"lskd.{key} must be >= 0, got {getattr(self, key)}")
+    temperature: float = hp(2.0, gt=0, doc="base temperature T applied to the standardised logits (--base-temp 2)")
+    ce_weight: float = hp(0.1, ge=0, doc="weight of the cross-entropy on the labels")
+    kd_weight: float = hp(9.0, ge=0, doc="weight of the standardised KD term (--kd-weight 9)")
+    weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample KD term")
 
 
 @register_method("lskd", LSKDParams, "KD on per-sample z-scored logits (logit standardisation), CE 0.1 + 9 KD, T 2")
-class LSKD(Distiller):
+class LSKD(TeacherDistiller):
     """Vanilla KD on z-score standardised teacher and student logits."""
 
     params: LSKDParams
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        teacher_logits = self.teacher_features(x).logits  # teacher first: see PCKD.forward_train
-        logits = self.student(x)
+        logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(logits.float(), batch.labels),
-            "lskd": p.kd_weight * lskd_loss(logits, teacher_logits, p.temperature),
+            "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
+            "lskd": p.kd_weight * self.weighting.mean(lskd_per_sample(logits, teacher_logits, p.temperature),
+                                                      logits, batch.labels, epoch),
         }
         return StepOutput(logits=logits, losses=losses)

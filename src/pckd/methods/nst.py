@@ -29,10 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float, no_autocast
 from pckd.methods.stage_features import check_paired_stages, match_spatial
+from pckd.params import Settings, hp
 
 
 def poly_kernel_mean(a: Tensor, b: Tensor, degree: int = 2, c: float = 0.0) -> Tensor:
@@ -69,46 +70,30 @@ def nst_loss(stages_s: list[Tensor], stages_t: list[Tensor], degree: int = 2, c:
 
 
 @dataclass
-class NSTParams:
+class NSTParams(Settings):
     """Hyper-parameters of `nst` (config section ``nst.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
-    nst_weight: float = 50.0  # beta: weight of the summed MMD^2 loss (RepDistiller -b 50)
-    degree: int = 2  # d of the polynomial kernel (x.y + c)^d, a positive integer (RepDistiller: 2)
-    c: float = 0.0  # c of the polynomial kernel (RepDistiller: 0)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.ce_weight < 0:
-            raise UserError(f"nst.ce_weight must be >= 0, got {self.ce_weight}")
-        if self.nst_weight < 0:
-            raise UserError(f"nst.nst_weight must be >= 0, got {self.nst_weight}")
-        if isinstance(self.degree, bool) or not isinstance(self.degree, int) or self.degree < 1:
-            raise UserError(f"nst.degree must be a positive integer (kernel (x.y + c)^degree), got {self.degree!r}")
+    ce_weight: float = hp(1.0, ge=0, doc="weight of the cross-entropy on labels (RepDistiller -r 1)")
+    nst_weight: float = hp(50.0, ge=0, doc="beta: weight of the summed MMD^2 loss (RepDistiller -b 50)")
+    degree: int = hp(2, ge=1, doc="d of the polynomial kernel (x.y + c)^d, a positive integer (RepDistiller: 2)")
+    c: float = hp(0.0, doc="c of the polynomial kernel (RepDistiller: 0)")
 
 
 @register_method("nst", NSTParams, "neuron selectivity transfer: CE + beta * polynomial-kernel MMD^2 per stage")
-class NST(Distiller):
+class NST(TeacherDistiller):
     """CE + ``nst_weight`` x sum over ``stages[1:]`` of the polynomial-kernel MMD^2; no trainable heads."""
 
     params: NSTParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: NSTParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "nst needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: NSTParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         check_paired_stages("nst", student, teacher)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
-        feats_s = self.student.forward_features(x)
+        feats_s, feats_t = self.features_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(feats_s.logits, batch.labels),
             "nst": p.nst_weight * nst_loss(feats_s.stages[1:], feats_t.stages[1:], p.degree, p.c),
         }
         return StepOutput(logits=feats_s.logits, losses=losses)

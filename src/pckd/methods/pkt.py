@@ -23,14 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import no_autocast
+from pckd.params import Settings, hp
 
 # RepDistiller's eps: added to the norms and to both probabilities inside the log.
 PKT_EPS = 1e-7
@@ -59,43 +59,29 @@ def pkt_loss(student: Tensor, teacher: Tensor, eps: float = PKT_EPS) -> Tensor:
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class PKTParams:
+class PKTParams(Settings):
     """Hyper-parameters of `pkt` (section ``pkt.*``); CIFAR-100 defaults of RepDistiller."""
 
-    ce_weight: float = 1.0  # RepDistiller -r (gamma)
-    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the PKT baseline
-    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
-    pkt_weight: float = 30000.0  # RepDistiller -b (beta)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "kd_weight", "pkt_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"pkt.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise UserError(f"pkt.temperature must be > 0, got {self.temperature}")
+    ce_weight: float = hp(1.0, ge=0, doc="RepDistiller -r (gamma)")
+    kd_weight: float = hp(0.0, ge=0, doc="RepDistiller -a (alpha): Hinton KD on top; 0 for the PKT baseline")
+    temperature: float = hp(4.0, gt=0, doc="KD temperature, used only when kd_weight > 0")
+    pkt_weight: float = hp(30000.0, ge=0, doc="RepDistiller -b (beta)")
 
 
 @register_method("pkt", PKTParams, "probabilistic KT: CE + 30000 * KL of cosine-kernel distributions (pooled)")
-class PKT(Distiller):
+class PKT(TeacherDistiller):
     """CE + beta * L_PKT on the penultimate vectors."""
 
     params: PKTParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: PKTParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: PKTParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
-        s = self.student.forward_features(x)
+        s, t = self.features_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels),
             "pkt": p.pkt_weight * pkt_loss(s.pooled, t.pooled),
         }
         if p.kd_weight > 0:

@@ -67,9 +67,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.models.interface import FeatureOutput, FeatureShapes, feature_shapes
+from pckd.params import Settings, hp
 
 # Pooled context sizes of the HCL, in the order their weights halve (both references).
 HCL_POOL_SIZES: tuple[int, ...] = (4, 2, 1)
@@ -201,40 +203,24 @@ def level_features(out: FeatureOutput) -> list[Tensor]:
 
 # ---- hyper-parameters and distiller ----------------------------------------------------------------------
 @dataclass
-class ReviewKDParams:
+class ReviewKDParams(Settings):
     """Hyper-parameters of `reviewkd` (config section ``reviewkd.*``; mdistiller's CIFAR-100 defaults)."""
 
-    ce_weight: float = 1.0  # CE weight (mdistiller REVIEWKD.CE_WEIGHT, authors' --ce-loss-weight)
-    reviewkd_weight: float = 1.0  # HCL weight (REVIEWKD_WEIGHT; the released configs set it per pair, up to 8)
-    warmup_epochs: float = 20.0  # linear warm-up of the HCL weight, min(epoch / warmup_epochs, 1); 0 = none
-    max_mid_channel: int = 512  # ABF mid channels = min(this, student pooled dim), as both references compute
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.ce_weight < 0:
-            raise UserError(f"reviewkd.ce_weight must be >= 0, got {self.ce_weight}")
-        if self.reviewkd_weight < 0:
-            raise UserError(f"reviewkd.reviewkd_weight must be >= 0, got {self.reviewkd_weight}")
-        if self.warmup_epochs < 0:
-            raise UserError(f"reviewkd.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.max_mid_channel < 1:
-            raise UserError(f"reviewkd.max_mid_channel must be >= 1, got {self.max_mid_channel}")
+    ce_weight: float = hp(1.0, ge=0, doc="CE weight (mdistiller REVIEWKD.CE_WEIGHT, authors' --ce-loss-weight)")
+    reviewkd_weight: float = hp(1.0, ge=0, doc="HCL weight (REVIEWKD_WEIGHT; the released configs set it per pair, up to 8)")
+    warmup_epochs: float = hp(20.0, ge=0, doc="linear warm-up of the HCL weight, min(epoch / warmup_epochs, 1); 0 = none")
+    max_mid_channel: int = hp(512, ge=1, doc="ABF mid channels = min(this, student pooled dim), as both references compute")
 
 
 @register_method("reviewkd", ReviewKDParams,
                  "ReviewKD: CE + HCL between ABF-fused student features (deep to shallow) and teacher features")
-class ReviewKD(Distiller):
+class ReviewKD(TeacherDistiller):
     """CE + warmed-up ``reviewkd_weight`` x HCL(ABF(student levels), teacher levels)."""
 
     params: ReviewKDParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: ReviewKDParams,
-                 num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: ReviewKDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         if teacher is None:
             raise UserError("reviewkd needs a teacher (set teacher.arch and teacher.checkpoint)")
         s_shapes = feature_shapes(student)
@@ -244,13 +230,11 @@ class ReviewKD(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t_out = self.teacher_features(x)  # teacher first: keeps peak memory low
-        s_out = self.student.forward_features(x)
+        s_out, t_out = self.features_of_standard_view(batch)  # teacher first
         fused = self.fusion(level_features(s_out))
         hcl = hcl_loss(fused, level_features(t_out))
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s_out.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s_out.logits, batch.labels),
             "reviewkd": p.reviewkd_weight * warmup_factor(epoch, p.warmup_epochs) * hcl,
         }
         return StepOutput(logits=s_out.logits, losses=losses, stats={"hcl": hcl.detach()})

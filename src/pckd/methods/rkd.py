@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import no_autocast
+from pckd.params import Settings, hp
 
 # RepDistiller's pdist clamps the squared distance at this value before the square root.
 PDIST_EPS = 1e-12
@@ -86,45 +87,31 @@ def rkd_angle_loss(student: Tensor, teacher: Tensor) -> Tensor:
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class RKDParams:
+class RKDParams(Settings):
     """Hyper-parameters of `rkd` (section ``rkd.*``); CIFAR-100 defaults of RepDistiller."""
 
-    ce_weight: float = 1.0  # RepDistiller -r (gamma)
-    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the RKD baseline
-    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
-    rkd_weight: float = 1.0  # RepDistiller -b (beta), multiplies both RKD terms
-    distance_weight: float = 25.0  # w_D of RKDLoss
-    angle_weight: float = 50.0  # w_A of RKDLoss
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "kd_weight", "rkd_weight", "distance_weight", "angle_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"rkd.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise UserError(f"rkd.temperature must be > 0, got {self.temperature}")
+    ce_weight: float = hp(1.0, ge=0, doc="RepDistiller -r (gamma)")
+    kd_weight: float = hp(0.0, ge=0, doc="RepDistiller -a (alpha): Hinton KD on top; 0 for the RKD baseline")
+    temperature: float = hp(4.0, gt=0, doc="KD temperature, used only when kd_weight > 0")
+    rkd_weight: float = hp(1.0, ge=0, doc="RepDistiller -b (beta), multiplies both RKD terms")
+    distance_weight: float = hp(25.0, ge=0, doc="w_D of RKDLoss")
+    angle_weight: float = hp(50.0, ge=0, doc="w_A of RKDLoss")
 
 
 @register_method("rkd", RKDParams, "relational KD: CE + 25 * distance + 50 * angle relations of pooled features")
-class RKD(Distiller):
+class RKD(TeacherDistiller):
     """CE + beta * (w_D * L_D + w_A * L_A) on the penultimate vectors; logs the two RKD terms separately."""
 
     params: RKDParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: RKDParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: RKDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
-        s = self.student.forward_features(x)
+        s, t = self.features_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels),
             "rkd_dist": p.rkd_weight * p.distance_weight * rkd_distance_loss(s.pooled, t.pooled),
             "rkd_angle": p.rkd_weight * p.angle_weight * rkd_angle_loss(s.pooled, t.pooled),
         }

@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
-from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.data.info import DataInfo
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import as_float, no_autocast
+from pckd.params import Settings, hp
 
 
 def similarity_matrix(f: Tensor) -> Tensor:
@@ -49,40 +50,27 @@ def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
 
 
 @dataclass
-class SPParams:
+class SPParams(Settings):
     """Hyper-parameters of `sp` (config section ``sp.*``); defaults are RepDistiller's CIFAR-100 settings."""
 
-    ce_weight: float = 1.0  # weight of the cross-entropy on labels (RepDistiller -r 1)
-    sp_weight: float = 3000.0  # beta: weight of the similarity-preserving loss (RepDistiller -b 3000)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        if self.ce_weight < 0:
-            raise UserError(f"sp.ce_weight must be >= 0, got {self.ce_weight}")
-        if self.sp_weight < 0:
-            raise UserError(f"sp.sp_weight must be >= 0, got {self.sp_weight}")
+    ce_weight: float = hp(1.0, ge=0, doc="weight of the cross-entropy on labels (RepDistiller -r 1)")
+    sp_weight: float = hp(3000.0, ge=0, doc="beta: weight of the similarity-preserving loss (RepDistiller -b 3000)")
 
 
 @register_method("sp", SPParams, "similarity-preserving KD: CE + beta * ||G_s - G_t||_F^2 / B^2 on the last stage")
-class SP(Distiller):
+class SP(TeacherDistiller):
     """CE + ``sp_weight`` x similarity-preserving loss on ``stages[-1]``; no trainable heads."""
 
     params: SPParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: SPParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: SPParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        feats_t = self.teacher_features(x)  # teacher first: keeps peak memory low
-        feats_s = self.student.forward_features(x)
+        feats_s, feats_t = self.features_of_standard_view(batch)  # teacher first
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(feats_s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(feats_s.logits, batch.labels),
             "sp": p.sp_weight * sp_loss(feats_s.stages[-1], feats_t.stages[-1]),
         }
         return StepOutput(logits=feats_s.logits, losses=losses)

@@ -31,11 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, StepOutput, register_method
+from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_loss
 from pckd.methods.precision import no_autocast
 from pckd.models.interface import feature_shapes
+from pckd.params import Settings, hp
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -97,42 +99,25 @@ class VIDHead(nn.Module):
 
 # ---- method ---------------------------------------------------------------------------------------------
 @dataclass
-class VIDParams:
+class VIDParams(Settings):
     """Hyper-parameters of `vid` (section ``vid.*``); CIFAR-100 defaults of RepDistiller."""
 
-    ce_weight: float = 1.0  # RepDistiller -r (gamma)
-    kd_weight: float = 0.0  # RepDistiller -a (alpha): Hinton KD on top; 0 for the VID baseline
-    temperature: float = 4.0  # KD temperature, used only when kd_weight > 0
-    vid_weight: float = 1.0  # RepDistiller -b (beta), multiplies the sum over stage pairs
-    init_pred_var: float = 5.0  # initial per-channel variance sigma^2 (VIDLoss init_pred_var)
-    eps: float = 1e-5  # variance floor added to softplus(alpha) (VIDLoss eps)
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first invalid key."""
-        for name in ("ce_weight", "kd_weight", "vid_weight"):
-            if getattr(self, name) < 0:
-                raise UserError(f"vid.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.temperature > 0:
-            raise UserError(f"vid.temperature must be > 0, got {self.temperature}")
-        if not self.eps > 0:
-            raise UserError(f"vid.eps must be > 0, got {self.eps}")
-        if not self.init_pred_var > self.eps:
-            raise UserError(f"vid.init_pred_var must be > vid.eps ({self.eps}), got {self.init_pred_var}")
+    ce_weight: float = hp(1.0, ge=0, doc="RepDistiller -r (gamma)")
+    kd_weight: float = hp(0.0, ge=0, doc="RepDistiller -a (alpha): Hinton KD on top; 0 for the VID baseline")
+    temperature: float = hp(4.0, gt=0, doc="KD temperature, used only when kd_weight > 0")
+    vid_weight: float = hp(1.0, ge=0, doc="RepDistiller -b (beta), multiplies the sum over stage pairs")
+    init_pred_var: float = hp(5.0, gt=0, doc="initial per-channel variance sigma^2 (VIDLoss init_pred_var)")
+    eps: float = hp(1e-5, gt=0, doc="variance floor added to softplus(alpha) (VIDLoss eps)")
 
 
 @register_method("vid", VIDParams, "variational information distillation: CE + Gaussian NLL of teacher stage maps")
-class VID(Distiller):
+class VID(TeacherDistiller):
     """CE + beta * sum over stage pairs of the Gaussian NLL of the teacher map given the student map."""
 
     params: VIDParams
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, params: VIDParams, num_classes: int) -> None:
-        params.validate()  # the config may have been edited after construction
-        super().__init__(student, teacher, params, num_classes)
-        assert teacher is not None, "vid needs a teacher"
+    def __init__(self, student: nn.Module, teacher: nn.Module, params: VIDParams, data: DataInfo) -> None:
+        super().__init__(student, teacher, params, data)
         s_stages, t_stages = feature_shapes(student).stages[1:], feature_shapes(teacher).stages[1:]
         if not s_stages or not t_stages:
             raise UserError("vid needs at least one stage after the stem in both networks (FeatureOutput.stages)")
@@ -142,12 +127,10 @@ class VID(Distiller):
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
-        x = batch.augment.standard(batch.images)
-        t = self.teacher_features(x)  # teacher first: lower peak memory
-        s = self.student.forward_features(x)
+        s, t = self.features_of_standard_view(batch)  # teacher first
         per_stage = [head(fs, ft) for head, fs, ft in zip(self.heads, s.stages[1:], t.stages[1:])]
         losses = {
-            "ce": p.ce_weight * F.cross_entropy(s.logits.float(), batch.labels),
+            "ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels),
             "vid": p.vid_weight * torch.stack(per_stage).sum(),
         }
         if p.kd_weight > 0:

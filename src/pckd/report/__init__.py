@@ -13,6 +13,30 @@ from pckd.report.tables import Table, build_tables, render_markdown, write_csv
 __all__ = ["RunRecord", "Table", "build_tables", "collect_runs", "render_markdown", "write_csv", "write_report"]
 
 
+def _preview_figures(runs: list[RunRecord], out_dir: Path, on_problem: Callable[[str], None]) -> list[Path]:
+    """Fig. 6 (preview weights per epoch) of every run that recorded a preview history."""
+    from pckd.errors import UserError
+    from pckd.report.preview_plot import (
+        HISTORY_JSON,
+        plot_preview_history,
+        read_history,
+    )
+
+    figures = []
+    for run in runs:
+        if not (run.path / HISTORY_JSON).is_file():
+            continue
+        try:
+            history = read_history(run.path)
+        except UserError as exc:
+            on_problem(str(exc))
+            continue
+        name = "_".join(run.path.parts[-2:]).replace(" ", "_")
+        title = f"preview weights: {run.method} {run.teacher or ''} -> {run.student} ({run.path.name})"
+        figures.append(plot_preview_history(history, out_dir / f"preview_weights-{name}.png", title))
+    return figures
+
+
 def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: bool = True,
                  echo: Callable[[str], None] | None = None) -> Path:
     """Collect the runs under ``paths`` and write ``report.md``, ``report.csv`` and (with matplotlib) the PNG
@@ -36,6 +60,7 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
 
             for table in tables:
                 figures += plot_table(table, out_dir)
+            figures += _preview_figures(runs, out_dir, on_problem)
         except ImportError as exc:  # matplotlib is a dependency, but a broken install must not lose the tables
             on_problem(f"no plots: matplotlib could not be imported ({exc})")
     incomplete = sum(not r.complete for r in runs)

@@ -9,7 +9,15 @@ from collections.abc import Callable
 
 from torch import nn
 
-from pckd.models.cifar import mobilenetv2, resnet, resnet_bottleneck, shufflenetv1, shufflenetv2, vgg, wrn
+from pckd.models.cifar import (
+    mobilenetv2,
+    resnet,
+    resnet_bottleneck,
+    shufflenetv1,
+    shufflenetv2,
+    vgg,
+    wrn,
+)
 from pckd.models.cifar._base import CifarNet
 
 _FAMILIES = {

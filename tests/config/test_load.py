@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pckd.config import parse_overrides, resolve_config, to_yaml
+from pckd.config import parse_overrides, load_config, to_yaml
 from pckd.errors import UserError
 
 
@@ -22,7 +22,7 @@ def test_overrides_are_typed_and_nested():
 def test_base_files_and_overrides_merge(tmp_path):
     write(tmp_path, "base.yaml", "train: {epochs: 240, lr: 0.05}\ndata: {name: cifar100}\n")
     cfg_path = write(tmp_path, "kd.yaml", "_base_: base.yaml\nmethod: kd\ntrain: {lr: 0.01}\nkd: {temperature: 2}\n")
-    cfg = resolve_config(cfg_path, ["train.epochs=3", "student.arch=resnet8"])
+    cfg = load_config(cfg_path, ["train.epochs=3", "student.arch=resnet8"])
     assert (cfg.train.epochs, cfg.train.lr, cfg.kd.temperature, cfg.student.arch) == (3, 0.01, 2.0, "resnet8")
     assert cfg.output_dir == "runs/kd-resnet8"  # interpolation resolved
     assert "temperature: 2.0" in to_yaml(cfg)
@@ -41,7 +41,7 @@ def test_base_files_and_overrides_merge(tmp_path):
 ])
 def test_bad_config_gives_one_line_error(overrides, fragment):
     with pytest.raises(UserError) as info:
-        resolve_config(None, overrides)
+        load_config(None, overrides)
     message = str(info.value)
     assert fragment in message
     assert "\n" not in message
@@ -49,7 +49,7 @@ def test_bad_config_gives_one_line_error(overrides, fragment):
 
 def test_missing_and_invalid_files(tmp_path):
     with pytest.raises(UserError, match="config file '.*nope.yaml' not found"):
-        resolve_config(tmp_path / "nope.yaml")
+        load_config(tmp_path / "nope.yaml")
     bad = write(tmp_path, "bad.yaml", "train: {lr: [\n")
     with pytest.raises(UserError, match="is not valid YAML"):
-        resolve_config(bad)
+        load_config(bad)
