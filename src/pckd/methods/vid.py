@@ -109,6 +109,11 @@ class VIDParams(Settings):
     init_pred_var: float = hp(5.0, gt=0, doc="initial per-channel variance sigma^2 (VIDLoss init_pred_var)")
     eps: float = hp(1e-5, gt=0, doc="variance floor added to softplus(alpha) (VIDLoss eps)")
 
+    def check(self, prefix: str) -> None:
+        if not self.init_pred_var > self.eps:
+            raise UserError(f"config key '{prefix}.init_pred_var'={self.init_pred_var!r} must be > {prefix}.eps "
+                            f"({self.eps})")
+
 
 @register_method("vid", VIDParams, "variational information distillation: CE + Gaussian NLL of teacher stage maps")
 class VID(TeacherDistiller):
