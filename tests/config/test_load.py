@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pckd.config import parse_overrides, load_config, to_yaml
+from pckd.config import load_config, parse_overrides, to_yaml
 from pckd.errors import UserError
 
 

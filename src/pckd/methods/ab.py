@@ -1,66 +1,7 @@
 """Activation-boundary distillation (`ab`; Heo et al., AAAI 2019, "Knowledge Transfer via Distillation of
 Activation Boundaries Formed by Hidden Neurons"), two-stage as in RepDistiller.
 
-The student learns where the teacher's neurons switch on and off: for every stage pair of ``stages[1:]``
-(RepDistiller's ``feat[1:-1]``), a connector ``r`` maps the student map onto the teacher's shape and the
-"alternative L2" hinge loss pushes each connector response ``s = r(f_s)`` beyond a margin ``m`` on the side of
-the teacher's activation ``t``:
-
-* ``l(s, t) = (s + m)^2 [s > -m and t <= 0] + (s - m)^2 [s <= m and t > 0]`` element-wise;
-* per stage ``k`` of ``n``: ``L_k = w_k * (3 / 1000) * sum_{b,c,h,w} l / B`` with ``w_k = 2^(k - n + 1)``
-  (k = 0..n-1: the last stage weighs 1, each earlier one half the next), and ``L_AB = sum_k L_k``
-  (RepDistiller's ``distiller_zoo/AB.py``: ``ABLoss(feat_num, margin=1.0)``, sum over the batch divided by B,
-  then ``/ 1000 * 3``);
-* connector (RepDistiller's ``Connector``/``ConvReg(use_relu=False)``): conv -> BatchNorm, the conv chosen by
-  size as FitNet's regressor (1x1 for equal sizes, 3x3 stride 2 for a student map twice as large, 4x4
-  stride-2 transposed conv for one half as large, "valid" conv otherwise); see the deviation below for equal
-  shapes.
-
-Two stages (RepDistiller ``train_student.py`` + ``helper/pretrain.py:init``), modelled inside the method because
-this project has one training loop and one optimizer:
-
-* epochs ``1..init_epochs`` (default 30): the only loss is ``ab_init = L_AB`` (weight 1, no CE), training the
-  student's feature layers and the connectors, all in train mode (BatchNorms on batch statistics). RepDistiller's
-  ``init()`` calls ``model_s.eval()`` but then ``.train()`` on its trainable list, which holds the student's
-  feature modules (``get_feat_modules()``), so its feature BatchNorms are in train mode too;
-* epochs ``init_epochs+1..``: ``ce_weight * CE`` (+ ``ab_weight * L_AB`` if ``ab_weight > 0``). The default
-  ``ab_weight = 0`` is RepDistiller's behaviour: its CIFAR script passes ``--distill abound -a 0 -b 1``, but the
-  main-stage loop sets ``loss_kd = 0`` for ``abound``, so beta multiplies nothing and the connectors are neither
-  used nor trained after the init stage: AB only shapes the student's initialisation.
-
-The configs extend the schedule by the init stage (``train.epochs: 270``, milestones 180/210/240), so the
-main stage sees RepDistiller's 240 epochs with decays at its epochs 150/180/210. During the init stage the lr is
-the schedule's base lr (0.05, 0.01 for MobileNetV2/ShuffleNet students), which is what RepDistiller's ``init()``
-uses (``opt.learning_rate``, already lowered to 0.01 for those students by ``parse_option``), constant, SGD
-momentum 0.9, weight decay 5e-4.
-
-Parameters outside a stage's loss (the student's classifier during init; the connectors after it) get no
-gradient: the trainer zeroes gradients with ``set_to_none=True`` and ``torch.optim.SGD`` skips a parameter
-whose gradient is None, so neither weight decay nor momentum moves it in that stage (under DDP with
-``find_unused_parameters=True`` the gradients of globally unused parameters also stay None). Differences from
-RepDistiller's two optimizers: the student's momentum buffers carry over from the init stage into the main
-stage (RepDistiller starts the main stage with a fresh SGD), and the init stage's epochs are counted in the run's
-epoch numbers.
-
-Documented deviation (pre-activation features): RepDistiller calls the models with ``preact=True`` and applies
-the loss to the *pre-activation* stage outputs (before the last ReLU), while this project's
-``FeatureOutput.stages`` are post-activation. On the teacher side nothing is lost: ``relu(t) > 0`` exactly when
-``t > 0``, so the teacher's activation boundary (the indicator ``t > 0``) is read exactly from its
-post-activation map. On the student side the pre-activation value is not available, and a post-activation map
-is never negative (the WRNs' aside, see below), so with RepDistiller's identity connector for equal shapes the
-negative-side margin could not be met and a unit with a negative pre-activation would get no gradient to turn
-on. Hence a connector
-(conv -> BatchNorm, 1x1 for equal sizes) is used at *every* stage, on the post-activation student map: its
-output can take either sign, its BatchNorm keeps it at unit scale so the margin 1.0 means what it does on
-RepDistiller's BatchNorm outputs, and the student learns features from which the teacher's boundaries are
-linearly separable with margin. One family is not exact on the teacher side: the WRNs are pre-activation
-networks whose ``stages`` are the raw residual sums (RepDistiller's non-preact features too), while RepDistiller's
-``preact`` WRN features are those sums passed through the following BatchNorm; here the boundary is the sign of
-the raw sum (that BatchNorm's per-channel affine map moves it).
-
-Student and teacher must expose the same number of stages (all 13 CIFAR-100 pairs do); otherwise a
-:class:`UserError` names both shape lists. Under DDP each rank computes its shard's loss (sum / local B, as
-RepDistiller per GPU) and the connectors' BatchNorms follow `train.sync_bn`.
+Equations, defaults with their sources and deviations: docs/methods/ab.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Attention transfer (`at`; Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
 
-The student matches the teacher's spatial attention maps at every intermediate stage. As implemented (following
-RepDistiller's ``distiller_zoo/AT.py`` and ``train_student.py``):
-
-* attention map of a feature map ``f`` [B, C, H, W]: ``a(f) = normalize_L2( mean_c |f_c|^p )`` flattened to
-  [B, H*W], each row L2-normalised (p = 2);
-* per stage: ``L = mean_{b, hw} (a(f_s) - a(f_t))^2`` (the mean runs over the batch *and* the H*W positions,
-  as RepDistiller's ``(at(f_s) - at(f_t)).pow(2).mean()``);
-* the stages are ``stages[1:]`` (RepDistiller's ``feat[1:-1]``: every stage output after the stem) and their
-  losses are summed: ``L_AT = sum_stages L``.
-
-Total loss: ``ce_weight * CE + at_weight * L_AT`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 1000``
-(CE 1, no KD term, beta 1000, same for every pair).
-
-Channel counts may differ (the map averages over channels). Different spatial sizes are handled as in
-RepDistiller: the larger map is adaptive-average-pooled to the smaller one's size *before* the attention map
-is taken (needed for the paper's cross-architecture pairs, e.g. vgg13 -> MobileNetV2 or resnet32x4 ->
-ShuffleV1). Student and teacher must expose the same number of stages; otherwise the construction fails with a
-:class:`UserError` naming both stage-shape lists (RepDistiller would silently truncate with ``zip``).
-
-No batch statistics are involved, so under DDP each rank's loss is an exact shard of the global-batch loss.
+Equations, defaults with their sources and deviations: docs/methods/at.md.
 """
 
 from __future__ import annotations

@@ -1,27 +1,6 @@
 """Correlation congruence (`cc`; Peng et al., ICCV 2019, "Correlation Congruence for Knowledge Distillation").
 
-Both penultimate vectors (``pooled``, RepDistiller's ``feat[-1]``) go through a trainable linear embedding to
-``feat_dim`` = 128 dimensions: ``z^s_i = W_s s_i + b_s`` and ``z^t_i = W_t t_i + b_t``. The teacher *network* is
-frozen, but its embedding head ``W_t, b_t`` is a trainable head of this distiller, as in RepDistiller. Two
-forms of the correlation loss are available (``cc.kernel``):
-
-* ``repdistiller`` (default): the code RepDistiller received from the paper's authors
-  (``distiller_zoo/CC.py``, ``Correlation``), used for every CC number of the RepDistiller/CRD tables.
-  With ``delta_i = |z^s_i - z^t_i|`` (element-wise) and consecutive batch samples i, i+1:
-  ``L_CC = 1/(B-1) sum_{i<B-1} <delta_i, delta_{i+1}>``. The embeddings are *not* normalised there
-  (``LinearEmbed``).
-* ``gaussian``: the paper's formulation. The embeddings are L2-normalised, the correlation matrix is the
-  Gaussian RBF kernel ``k(x, y) = exp(-gamma ||x - y||^2) = exp(-2 gamma) exp(2 gamma <x, y>)`` (unit
-  vectors) approximated by its Taylor series of order P:
-  ``C_ij = sum_{p=0}^{P} exp(-2 gamma) (2 gamma)^p / p! <z_i, z_j>^p``, and
-  ``L_CC = (1/B^2) ||C^s - C^t||_F^2``. Paper values gamma = 0.4, P = 2. Note that ``cc_weight`` = 0.02 was
-  tuned for the ``repdistiller`` form; the paper's own weight for this form is not part of RepDistiller.
-
-``L = ce_weight * CE + cc_weight * L_CC`` (+ an optional Hinton KD term, off by default). Defaults are
-RepDistiller's (``train_student.py``: ``LinearEmbed(d, 128)`` for both sides; ``scripts/run_cifar_distill.sh``:
-``-r 1 -a 0 -b 0.02``).
-
-Distributed runs: the loss is computed over each rank's own shard of the batch, as RepDistiller does per GPU.
+Equations, defaults with their sources and deviations: docs/methods/cc.md.
 """
 
 from __future__ import annotations

@@ -1,56 +1,6 @@
 """Contrastive Representation Distillation (`crd`; Tian, Krishnan, Isola, ICLR 2020, arXiv 1910.10699).
 
-Defaults follow RepDistiller (HobbitLong/RepDistiller, ``crd/*.py``, ``dataset/cifar100.py``,
-``train_student.py``) and its CIFAR-100 "CRD" row (``-r 1 -a 0 -b 0.8``). As implemented:
-
-* embeddings: ``v_s = l2norm(W_s f_s + b_s)``, ``v_t = l2norm(W_t f_t + b_t)`` of the pooled (penultimate) features,
-  both heads trainable, ``feat_dim = 128``; the teacher's head gets gradients, the teacher itself does not;
-* two memory banks of ``train_size x feat_dim`` (buffers): ``M_s`` holds student embeddings, ``M_t`` teacher
-  embeddings, initialised uniformly in ``[-stdv, stdv]`` with ``stdv = 1 / sqrt(feat_dim / 3)``;
-* for sample ``i`` of the batch, the contrast set ``idx_i = (i, n_1, ..., n_K)``: the positive is the sample's own
-  memory row (RepDistiller's ``mode='exact'``), then ``K = nce_k`` negatives;
-* ``P^s_ik = exp(<M_t[idx_ik], v_s,i> / T) / Z_s`` (student anchor against the teacher bank) and
-  ``P^t_ik = exp(<M_s[idx_ik], v_t,i> / T) / Z_t`` (teacher anchor against the student bank), with the
-  constants ``Z = N * mean(exp(...))`` estimated from the first training batch and fixed from then on
-  (buffer ``z``, checkpointed); ``N = train_size``, ``T = nce_t``;
-* the NCE loss of each side (RepDistiller's ``ContrastLoss``, eq. 18 of the paper), with ``m = K`` and
-  ``P_n = 1 / N``::
-
-      L = -(1/B) sum_i [ log(P_i0 / (P_i0 + m P_n + eps)) + sum_{k>=1} log(m P_n / (P_ik + m P_n + eps)) ]
-
-  and ``L_crd = L(P^s) + L(P^t)``;
-* after the scores, the banks are updated at the batch's dataset indices:
-  ``M[i] <- normalize(mom * M[i] + (1 - mom) * v_i)`` with ``mom = nce_mom = 0.5`` (the scores of this step use
-  the banks from before the update, as in RepDistiller);
-* total: ``ce_weight * CE + kd_weight * KD_T + crd_weight * L_crd`` (defaults 1, 0, 0.8; RepDistiller's
-  "CRD+KD" row is ``kd_weight = 1``).
-
-Negatives (``negatives``):
-
-* ``other_class`` (default, RepDistiller's CIFAR data loader ``CIFAR100InstanceSample``): ``K`` distinct samples
-  of classes other than the anchor's, drawn uniformly without replacement (with replacement only for the
-  slots beyond the number of eligible samples, which happens only on tiny datasets). The labels of the whole
-  training set are needed: the builder may pass ``train_labels``; otherwise the buffer ``bank_labels`` learns
-  every sample's label the first time the sample is seen, and until then an unseen sample counts as
-  "another class" (this affects only the first epoch, in about 1/num_classes of the draws).
-* ``uniform``: ``K`` samples drawn uniformly with replacement from all samples except the anchor itself
-  (``ContrastMemory``'s own sampler when the loader supplies no indices; no labels needed; cheap for
-  ImageNet-sized banks).
-
-Both draw with torch's global RNG on the banks' device, so a resumed run (the trainer restores the RNG states)
-draws the same negatives. ``other_class`` ranks random keys over the whole bank (a ``B x N`` tensor per step);
-``uniform`` only draws ``B x K`` integers.
-
-Cost: rather than gathering ``[B, K+1, feat_dim]`` memory rows per side (RepDistiller's ``index_select``, about
-0.5 GB each at B=64, K=16384), the scores against the whole bank are one matmul ``[B, N]`` and the contrast
-set is one ``gather`` of it: the same dot products, far less memory.
-
-DDP: the ranks gather the global batch's indices and labels, every rank draws the contrast sets of the whole
-global batch from the same RNG stream (the trainer seeds all ranks alike) and keeps its own rows, so the draws
-are those of one process with the global batch and the RNG states stay in step. Each rank scores its own
-anchors against its copy of the banks; the bank update and ``bank_labels`` use every rank's rows
-(:func:`pckd.distributed.all_gather_rows`), so the copies stay identical; ``Z`` is estimated from the
-mean over the global first batch. The loss is the mean over the local anchors (DDP averages the gradients).
+Equations, defaults with their sources and deviations: docs/methods/crd.md.
 """
 
 from __future__ import annotations

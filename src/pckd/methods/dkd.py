@@ -1,32 +1,6 @@
 """Decoupled Knowledge Distillation (`dkd`; Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022).
 
-DKD splits the classic KD loss into a target-class part (TCKD) and a non-target-class part (NCKD) and weights
-them independently. With p = softmax(z / T) (teacher p^T, student p^S) and t the label of a sample:
-
-* binary target/non-target distributions b = (p_t, sum_{k != t} p_k):
-      TCKD = T^2 * KL(b^T || b^S)
-* distributions over the non-target classes only, p~_k = exp(z_k/T) / sum_{j != t} exp(z_j/T) for k != t:
-      NCKD = T^2 * KL(p~^T || p~^S)
-* loss = ce_weight * CE + r(epoch) * (alpha * mean_batch TCKD + beta * mean_batch NCKD),
-  r(epoch) = min(epoch / warmup, 1) with epochs counted from 1 (a linear ramp of the KD part).
-
-Classic KD decomposes exactly as KD = TCKD + (1 - p^T_t) * NCKD per sample (the paper's Eq. 1), which the tests
-check. Implementation notes, all numerically equivalent to mdistiller's ``dkd_loss``:
-
-* the non-target mass of b is a log-sum-exp over the non-target log-probabilities rather than ``log(1 - p_t)``,
-  which avoids cancellation when p_t is close to 1;
-* the target class is excluded from p~ exactly (masked to -inf, its term set to 0) where mdistiller subtracts
-  1000 from the target logit before the softmax; both give an exactly zero target term unless a target logit
-  exceeds the rest by about 255 T.
-
-Defaults follow mdistiller's CIFAR-100 config (``configs/cifar100/dkd/*.yaml`` on ``mdistiller/engine/cfg.py``):
-CE 1.0, alpha 1.0, beta 8.0, T 4.0, warmup 20; beta is set per pair there (2 for resnet56->resnet20 and
-resnet110->resnet32; 6 for the vgg13 and wrn_40_2->wrn students; 8 otherwise), see
-tools/configs_logit_baselines.py. Training recipe there: 240 epochs, SGD lr 0.05 (0.01 for MobileNetV2 and
-ShuffleNet students), x0.1 at 150/180/210, batch 64, weight decay 5e-4, i.e. the project's base config.
-
-Every term is per sample, so under DDP each rank averages its own shard and DDP's gradient average gives the
-global-batch mean (exactly so for equal shards); no cross-rank communication is needed.
+Equations, defaults with their sources and deviations: docs/methods/dkd.md.
 """
 
 from __future__ import annotations

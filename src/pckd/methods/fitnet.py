@@ -1,26 +1,6 @@
 """FitNets hint learning (`fitnet`; Romero et al., ICLR 2015), single-stage variant.
 
-An intermediate student map (the "guided layer"), passed through a trainable convolutional regressor, regresses
-the teacher's map at the same depth (the "hint"). As implemented (following RepDistiller's
-``distiller_zoo/FitNet.py``, ``models/util.py:ConvReg`` and ``train_student.py``):
-
-* hint: ``f_t = teacher.stages[hint_layer]``; guided: ``f_s = student.stages[hint_layer]`` (RepDistiller's
-  ``feat[hint_layer]``, default 2 = the output of the second stage);
-* regressor ``r`` = conv -> BatchNorm -> ReLU mapping the student map [C_s, H_s, W_s] to the teacher's
-  [C_t, H_t, W_t], the conv chosen by size: student twice as large -> 3x3 stride-2 conv (padding 1); student
-  half as large -> 4x4 stride-2 transposed conv (padding 1); otherwise student at least as large -> "valid" conv
-  with kernel (1 + H_s - H_t, 1 + W_s - W_t) (1x1 for equal sizes). Any other size ratio is rejected with a
-  :class:`UserError` naming both shapes, as RepDistiller does;
-* ``L_hint = mean (r(f_s) - f_t)^2`` over all elements (``nn.MSELoss``).
-
-Total loss: ``ce_weight * CE + hint_weight * L_hint`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 100``
-(CE 1, no KD term, beta 100, same for every pair). The regressor is trained jointly with the student by the same
-optimizer. RepDistiller's optional first stage (pre-training the student's lower layers and the regressor on the
-hint alone for ``init_epochs``) is not done: this is the single-stage variant, as in RepDistiller's own CIFAR
-scripts and in mdistiller's FitNet.
-
-No batch statistics are involved beyond the regressor's BatchNorm, so under DDP each rank's loss is an exact
-shard of the global-batch loss (its BatchNorm follows `train.sync_bn`, like the student's own BatchNorms).
+Equations, defaults with their sources and deviations: docs/methods/fitnet.md.
 """
 
 from __future__ import annotations

@@ -1,45 +1,7 @@
 """Flow of solution procedure (`fsp`; Yim et al., CVPR 2017, "A Gift from Knowledge Distillation: Fast
 Optimization, Network Minimization and Transfer Learning"), two-stage as in RepDistiller.
 
-The "flow" between two consecutive feature maps is their FSP (Gram) matrix; the student learns the teacher's
-flows. As implemented (RepDistiller's ``distiller_zoo/FSP.py``, ``helper/pretrain.py``, ``train_student.py``):
-
-* maps: every stage map including the stem, ``stages`` = RepDistiller's ``feat[:-1]``;
-* FSP matrix of a consecutive pair (bottom ``F1`` [B, C1, H, W], top ``F2`` [B, C2, H', W']): the larger map is
-  adaptive-average-pooled to the smaller one's spatial size, then
-  ``G[b, j, i] = mean_{h,w} F2[b, j, h, w] * F1[b, i, h, w]``, shape [B, C2, C1];
-* per pair ``L_k = mean_{b,j,i} (G_s - G_t)^2`` and ``L_FSP = sum_k L_k``.
-
-The matrices are compared entry by entry, so the student's channel count must equal the teacher's at every
-stage, stem included (RepDistiller raises ``num of channels not equal``; the CRD paper reports "NA" for
-wrn_40_2 -> wrn_40_1 and for every cross-architecture pair). Such pairs are rejected with a one-line
-:class:`UserError` naming both shape lists; of the 13 CIFAR-100 pairs, 6 are supported.
-
-Two stages (RepDistiller ``train_student.py`` + ``helper/pretrain.py:init``), modelled inside the method because
-this project has one training loop and one optimizer:
-
-* epochs ``1..init_epochs`` (default 30): the only loss is ``fsp_init = L_FSP`` (weight 1, no CE), training the
-  student's feature layers in train mode (BatchNorms on batch statistics). RepDistiller's ``init()`` calls
-  ``model_s.eval()`` but then ``.train()`` on its trainable list, the student's feature modules
-  (``get_feat_modules()``), so its feature BatchNorms are in train mode too;
-* epochs ``init_epochs+1..``: ``ce_weight * CE`` (+ ``fsp_weight * L_FSP`` if ``fsp_weight > 0``). The default
-  ``fsp_weight = 0`` is RepDistiller's behaviour: its CIFAR script passes ``--distill fsp -a 0 -b 50``, but the
-  main-stage loop sets ``loss_kd = 0`` for ``fsp``, so beta multiplies nothing: FSP only shapes the student's
-  initialisation (as in the paper, where the FSP stage is followed by ordinary training).
-
-The configs extend the schedule by the init stage (``train.epochs: 270``, milestones 180/210/240), so the main
-stage sees RepDistiller's 240 epochs with decays at its epochs 150/180/210. During the init stage the lr is the
-schedule's constant base lr (0.05, 0.01 for MobileNetV2/ShuffleNet students), which is what RepDistiller's
-``init()`` uses (``opt.learning_rate``), SGD momentum 0.9, weight decay 5e-4.
-
-Parameters outside a stage's loss (the student's classifier during init) get no gradient: the trainer zeroes
-gradients with ``set_to_none=True`` and ``torch.optim.SGD`` skips a parameter whose gradient is None, so neither
-weight decay nor momentum moves it in that stage (under DDP with ``find_unused_parameters=True`` the gradients of
-globally unused parameters also stay None). Differences from RepDistiller's two optimizers: the student's
-momentum buffers carry over into the main stage (RepDistiller starts it with a fresh SGD), and the init stage's
-epochs are counted in the run's epoch numbers.
-
-No heads; FSP matrices are per sample, so under DDP each rank's loss is an exact shard mean.
+Equations, defaults with their sources and deviations: docs/methods/fsp.md.
 """
 
 from __future__ import annotations

@@ -1,50 +1,7 @@
 """Factor transfer (`ft`; Kim et al., NeurIPS 2018, "Paraphrasing Complex Network: Network Compression via
 Factor Transfer"), two-stage as in RepDistiller.
 
-A teacher-side *paraphraser* (a convolutional autoencoder) compresses the teacher's last stage map into a
-"factor" with ``k * C_t`` channels; a student-side *translator* maps the student's last stage map to a factor
-of the same size, and the student learns to match the teacher's factor. As implemented (RepDistiller's
-``models/util.py:Paraphraser/Translator``, ``distiller_zoo/FT.py``, ``helper/pretrain.py``, ``train_student.py``):
-
-* maps: ``f_t = teacher.stages[-1]``, ``f_s = student.stages[-1]`` (RepDistiller's ``feat[-2]``);
-* paraphraser (no BatchNorm, RepDistiller's ``use_bn=False``): encoder = three 3x3 convs (padding 1)
-  ``C_t -> C_t -> k C_t -> k C_t``, decoder = three 3x3 transposed convs ``k C_t -> k C_t -> C_t -> C_t``, each
-  followed by LeakyReLU(0.1); ``k = rate = 0.5`` (``int(C_t * k)`` channels);
-* translator: three 3x3 convs ``C_s -> C_s -> k C_t -> k C_t``, each followed by BatchNorm and LeakyReLU(0.1);
-* factor of a map ``F`` [B, C, H, W]: ``phi(F) = normalize_L2(mean_c |F_c|^p1)`` flattened to [B, H*W]
-  (p1 = ``factor_p`` = 2; RepDistiller's ``F.normalize(f.pow(p1).mean(1).view(B, -1))``; ``|.|`` makes a
-  non-even p1 well defined and changes nothing for p1 = 2);
-* ``L_FT = mean_{b,hw} |phi(T(f_s)) - phi(P_enc(f_t))|^p2`` with p2 = ``loss_p`` = 1 (RepDistiller
-  ``FactorTransfer(p1=2, p2=1)``); where the two factors' spatial sizes differ, the larger is adaptive-average-
-  pooled to the smaller first (RepDistiller).
-
-Note: the paper's factor is the whole vectorised factor ``F / ||F||_2``; RepDistiller (followed here) first
-averages the squared factor over channels, an attention-map-like reduction, before L2-normalising.
-
-Two stages, modelled inside the method because this project has one training loop and one optimizer:
-
-* epochs ``1..init_epochs`` (default 30): only the paraphraser trains, as an autoencoder of the frozen teacher's
-  map: ``ft_init = mean (P_dec(P_enc(f_t)) - f_t)^2`` (``nn.MSELoss``, weight 1, no CE). The student is run
-  only to report training logits, under ``no_grad`` and in eval mode, so it is left exactly as it was (no
-  weight change, no BatchNorm statistics update), as in RepDistiller's ``init()``;
-* epochs ``init_epochs+1..``: ``ce_weight * CE + ft_weight * L_FT`` with RepDistiller's ``-r 1 -a 0 -b 200``; the
-  paraphraser is frozen (its factor is computed under ``no_grad``) and the translator trains with the student.
-
-The configs extend the schedule by the init stage (``train.epochs: 270``, milestones 180/210/240), so the main
-stage sees RepDistiller's 240 epochs with decays at its epochs 150/180/210. During the init stage the lr is the
-schedule's constant base lr (0.05, 0.01 for MobileNetV2/ShuffleNet students), SGD momentum 0.9, weight decay 5e-4.
-Deviation: RepDistiller's ``init()`` trains FT's paraphraser with lr 0.01 when the student is a ResNet or WRN
-(``opt.distill == 'factor'`` special case) and with ``opt.learning_rate`` otherwise; a single optimizer cannot give
-the paraphraser alone another lr, so here it uses the schedule's lr (0.05 for ResNet/WRN students).
-
-Parameters outside a stage's loss (the whole student and the translator during init; the paraphraser after it)
-get no gradient: the trainer zeroes gradients with ``set_to_none=True`` and ``torch.optim.SGD`` skips a parameter
-whose gradient is None, so neither weight decay nor momentum moves it in that stage (under DDP with
-``find_unused_parameters=True`` the gradients of globally unused parameters also stay None). The init stage's
-epochs are counted in the run's epoch numbers.
-
-Any student/teacher pair works (only the last stage maps are used; channels are adapted by the heads). Under
-DDP each rank's loss is a shard mean (no cross-sample terms); the translator's BatchNorms follow `train.sync_bn`.
+Equations, defaults with their sources and deviations: docs/methods/ft.md.
 """
 
 from __future__ import annotations

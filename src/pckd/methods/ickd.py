@@ -2,22 +2,7 @@
 Knowledge Distillation", ICCV 2021). Defaults follow the released CIFAR-100 code (ADLab-AutoDrive/ICKD,
 ``Cifar100/distiller_zoo/ICKD.py``, ``helper/loops.py``, ``train_student.py``, ``README.md``).
 
-As implemented:
-
-* the student's last stage map ``F_s`` ([B, C_s, H_s, W_s]; RepDistiller's ``feat[-2]``) goes through a trainable
-  embedding, a 1x1 convolution without bias to the teacher's channel count ``C_t`` followed by BatchNorm2d
-  (the released ``Embed``); the teacher's last stage map ``F_t`` is used as is;
-* per sample, each map is flattened over space (``f`` = [C, H*W]) and its channel Gram matrix ``G = f f^T``
-  ([C, C]) is normalised row-wise to unit L2 norm (``F.normalize(G, dim=2)``);
-* ``L_ickd = sum_{b, i, j} (G^s_bij - G^t_bij)^2 / (C_t * B)``;
-* total: ``ce_weight * CE + kd_weight * KD_T + ickd_weight * L_ickd`` with the README's "ICKD-C" recipe
-  ``-r 1 -a 1 -b 2.5`` (KD with T = 4); ``kd_weight = 0`` gives its "ICKD-C (w/o KL)" row (``-a 0 -b 2.5``).
-
-Differing spatial sizes need no resizing: each Gram matrix is C_t x C_t whatever H*W is, and the row
-normalisation removes the scale that depends on H*W (the released code does the same, no interpolation).
-
-DDP: the loss is a per-sample sum divided by the local batch, so DDP's gradient average is the global-batch mean;
-the embedding's BatchNorm uses local statistics unless ``train.sync_bn`` converts it.
+Equations, defaults with their sources and deviations: docs/methods/ickd.md.
 """
 
 from __future__ import annotations

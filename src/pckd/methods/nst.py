@@ -1,23 +1,6 @@
 """Neuron selectivity transfer (`nst`; Huang & Wang, 2017, "Like What You Like").
 
-The student's channels ("neurons"), seen as distributions over spatial positions, are matched to the teacher's
-by the squared maximum mean discrepancy with a polynomial kernel. As implemented (following RepDistiller's
-``distiller_zoo/NST.py`` and ``train_student.py``):
-
-* per stage, the larger map is adaptive-average-pooled to the smaller one's (H, W) (RepDistiller's rule);
-* each channel's activation map is flattened to a vector of N = H*W positions and L2-normalised:
-  ``s_i`` (i < C_s) for the student, ``t_j`` (j < C_t) for the teacher, per sample;
-* kernel ``k(x, y) = (x . y + c)^d`` with d = 2, c = 0;
-* per sample, ``MMD^2 = mean_{i,i'} k(s_i, s_i') + mean_{j,j'} k(t_j, t_j') - 2 mean_{i,j} k(s_i, t_j)``; the
-  stage loss is the mean of ``MMD^2`` over the batch (RepDistiller's ``full_loss`` form, whose teacher-teacher
-  term is a constant that carries no gradient);
-* the stages are ``stages[1:]`` (RepDistiller's ``feat[1:-1]``) and their losses are summed.
-
-Total loss: ``ce_weight * CE + nst_weight * L_NST`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 50``
-(CE 1, no KD term, beta 50, same for every pair). Channel counts may differ; student and teacher must expose
-the same number of stages (a :class:`UserError` names both shape lists otherwise).
-
-No batch statistics are involved, so under DDP each rank's loss is an exact shard of the global-batch loss.
+Equations, defaults with their sources and deviations: docs/methods/nst.md.
 """
 
 from __future__ import annotations

@@ -1,21 +1,7 @@
 """Probabilistic knowledge transfer (`pkt`; Passalis & Tefas, ECCV 2018, "Learning Deep Representations with
 Probabilistic Knowledge Transfer").
 
-The batch of penultimate vectors (``pooled``, RepDistiller's ``feat[-1]``) is turned into a conditional
-probability distribution per sample with a cosine-similarity kernel, and the student's distributions are
-matched to the teacher's with a KL divergence. As RepDistiller's ``PKT.cosine_similarity_loss`` (eps = 1e-7):
-
-* ``x_hat_i = x_i / (||x_i|| + eps)`` (a NaN coordinate is set to 0);
-* ``K_ij = (<x_hat_i, x_hat_j> + 1) / 2`` in [0, 1] (the diagonal included);
-* ``P_ij = K_ij / sum_k K_ik`` (rows are conditional distributions);
-* ``L_PKT = (1/B^2) sum_{i,j} P^t_ij * log((P^t_ij + eps) / (P^s_ij + eps))``, a mean over all B^2 entries;
-* ``L = ce_weight * CE + pkt_weight * L_PKT`` (+ an optional Hinton KD term, off by default).
-
-Defaults are RepDistiller's (``scripts/run_cifar_distill.sh``: ``-r 1 -a 0 -b 30000``). The large weight
-compensates the 1/B^2 mean. The teacher side is constant.
-
-Distributed runs: the kernel is computed over each rank's own shard of the batch, as RepDistiller computes it
-per GPU; each sample's distribution then ranges over its shard only.
+Equations, defaults with their sources and deviations: docs/methods/pkt.md.
 """
 
 from __future__ import annotations

@@ -1,60 +1,6 @@
 """ReviewKD (`reviewkd`; Chen et al., "Distilling Knowledge via Knowledge Review", CVPR 2021).
 
-The student's features of several levels are fused from the deepest to the shallowest by attention-based
-fusion (ABF) modules, and each fused output is matched to the teacher's feature of the same level by the
-hierarchical context loss (HCL).
-
-Levels (shallow to deep): ``stages[1:]`` of the model followed by the pooled vector as a 1x1 map, for the student
-and the teacher alike (e.g. resnet32x4: 64@32x32, 128@16x16, 256@8x8, 256@1x1). The stem output is not used.
-
-ABF of level i (student map x_i with C_i channels, H_i x W_i; teacher map with C'_i channels, H'_i x W'_i):
-
-    h_i   = BN(conv1x1(x_i))                                   # C_i -> M (mid channels)
-    h_i   = a_0 * h_i + a_1 * up(r_{i+1}),   [a_0, a_1] = sigmoid(conv1x1([h_i, up(r_{i+1})]))
-                                                              # not at the deepest level, which has no r_{i+1}
-    r_i   = nearest-resize(h_i) to H'_i x W'_i                 # identity where the sizes agree
-    y_i   = BN(conv3x3(r_i))                                    # M -> C'_i, matched to the teacher
-with ``up`` = nearest interpolation of the deeper residual to H_i x W_i, ``[.,.]`` = channel concatenation,
-``M = min(max_mid_channel, student pooled dim)`` and the attention weights per pixel (2 channels).
-
-HCL of one level (student output y, teacher map t, H = height of the map):
-
-    hcl(y, t) = (mse(y, t) + sum_k w_k mse(P_k(y), P_k(t))) / (1 + sum_k w_k)
-where P_k is adaptive average pooling to k x k for k in (4, 2, 1) with k < H only, and the weights of the
-pooled terms that are used halve one after the other: 0.5, 0.25, 0.125 (so a 4x4 map gets 0.5 for k = 2 and
-0.25 for k = 1, and a 1x1 map only the plain MSE). ``mse`` is the mean over all elements. The loss is the sum of
-hcl over the levels, and the training objective
-
-    L = ce_weight * CE(student logits, y) + reviewkd_weight * min(epoch / warmup_epochs, 1) * sum_i hcl(y_i, t_i)
-with epochs counted from 1 (so the first epoch already has weight 1/20).
-
-Follows mdistiller (``mdistiller/distillers/ReviewKD.py``, ``configs/cifar100/reviewkd.yaml``) and the authors'
-code (dvlab-research/ReviewKD, ``CIFAR-100/model/reviewkd.py``, ``script/reviewKD.sh``):
-
-* defaults CE 1.0, ReviewKD 1.0, warm-up 20 epochs (mdistiller's ``REVIEWKD.*`` defaults, the authors'
-  ``--kd-loss-weight``/``--kd-warm-up`` defaults); the per-pair weights are in ``tools/configs_reviewkd.py``
-  (mdistiller's config for resnet32x4 -> resnet8x4, the authors' script for 7 more pairs); the pairs neither
-  covers (resnet110 -> resnet20, vgg13 -> vgg8, vgg13 -> MobileNetV2, ResNet50 -> MobileNetV2/vgg8) use these
-  defaults;
-* mid channels ``min(512, student pooled dim)`` as both codes compute it (mdistiller's ``MAX_MID_CHANNEL`` is
-  read but never used; here it is the ``max_mid_channel`` field); so 256 for resnet8x4, 128 for wrn_16_2, 64 for
-  resnet20, 512 for ShuffleV1/V2, vgg8 and MobileNetV2;
-* per-level in/out channels and sizes (the references' ``IN_CHANNELS``/``OUT_CHANNELS``/``SHAPES``/
-  ``OUT_SHAPES`` tables) are read from the two models with :func:`feature_shapes` instead of a table; for the
-  13 CIFAR-100 pairs they equal those tables. Where the student's map is smaller than the teacher's (ShuffleNet
-  or MobileNetV2 students, vgg8 under ResNet50) the fused map is upsampled (nearest) before the 3x3 conv, as the
-  references' ``OUT_SHAPES`` do. A student map larger than the teacher's, a different number of levels or a
-  non-square map is an error naming both shapes (no reference pair needs it).
-* ABF conv weights initialised with ``kaiming_uniform_(a=1)`` as in both codes.
-
-Difference: both references match against the teacher's *pre-activation* stage outputs (``preact_feats``; the
-residual sum before the last ReLU), whereas ``FeatureOutput.stages`` are post-activation, so here the targets are
-the ReLU'd (non-negative) stage outputs. On the student side mdistiller's CIFAR default (``STU_PREACT: False``)
-uses post-activation features, as here. The pooled vector is the same in all codes.
-
-Under DDP the HCL is the per-rank mean (equal to the global mean for equal shards, as MSE is a plain mean) and the
-ABF BatchNorms follow `train.sync_bn` like every BatchNorm of the distiller (global by default; the
-references, without SyncBN, use per-rank statistics).
+Equations, defaults with their sources and deviations: docs/methods/reviewkd.md.
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Relational knowledge distillation (`rkd`; Park et al., CVPR 2019, "Relational Knowledge Distillation").
 
-The student's penultimate vectors (``pooled``, RepDistiller's ``feat[-1]``) are trained to reproduce the
-*relations* between the teacher's penultimate vectors of the same batch, not the vectors themselves, so teacher
-and student dimensions may differ and no head is needed. With s_i, t_i the flattened vectors of sample i:
-
-* distance-wise: ``psi_D(i, j) = ||x_i - x_j|| / mu`` with ``mu`` the mean of the non-zero entries of the
-  B x B distance matrix (the diagonal is 0); ``L_D = mean_{i,j} smoothL1(psi_D^s(i, j) - psi_D^t(i, j))``;
-* angle-wise: ``psi_A(i, j, k) = <e_ij, e_ik>`` with ``e_ij = (x_j - x_i) / ||x_j - x_i||`` (the cosine of the
-  angle at vertex i; a zero difference gives a zero unit vector, so triplets with j = i or k = i contribute
-  0 = 0); ``L_A = mean_{i,j,k} smoothL1(psi_A^s - psi_A^t)`` over all B^3 triplets;
-* ``L = ce_weight * CE + rkd_weight * (distance_weight * L_D + angle_weight * L_A)`` (+ an optional Hinton KD
-  term, off by default).
-
-smoothL1 is Huber with beta 1 (``0.5 x^2`` for ``|x| < 1``, else ``|x| - 0.5``). Distances follow RepDistiller's
-``pdist``: ``sqrt(clamp(|a|^2 + |b|^2 - 2 a.b, 1e-12))`` with the diagonal set to 0.
-
-Defaults are RepDistiller's (HobbitLong/RepDistiller ``distiller_zoo/RKD.py`` and ``scripts/run_cifar_distill.sh``):
-w_D = 25, w_A = 50, beta = 1, CE weight 1, KD weight 0. The teacher side is constant (computed without autograd).
-
-Distributed runs: the relations are computed over each rank's own shard of the batch, as RepDistiller computes
-them per GPU; gathering would change the loss (and its B^3 cost) with the number of ranks.
+Equations, defaults with their sources and deviations: docs/methods/rkd.md.
 """
 
 from __future__ import annotations

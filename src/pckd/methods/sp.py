@@ -1,18 +1,6 @@
 """Similarity-preserving KD (`sp`; Tung & Mori, ICCV 2019).
 
-The student reproduces the teacher's pairwise similarities between the samples of a batch. As implemented
-(following RepDistiller's ``distiller_zoo/SP.py`` and ``train_student.py``):
-
-* features: the last stage's map ``stages[-1]`` (RepDistiller's ``feat[-2]``), flattened to ``Q`` [B, C*H*W];
-* Gram matrix ``G = Q Q^T`` [B, B], each row L2-normalised: ``G~_i = G_i / ||G_i||_2``;
-* ``L_SP = ||G~_s - G~_t||_F^2 / B^2``.
-
-Total loss: ``ce_weight * CE + sp_weight * L_SP`` with RepDistiller's CIFAR-100 settings ``-r 1 -a 0 -b 3000``
-(CE 1, no KD term, beta 3000, same for every pair). Only the batch size has to agree between student and
-teacher; channel counts and spatial sizes are free.
-
-DDP: the similarities are taken within each rank's shard of the batch (as RepDistiller per GPU), not over the
-global batch; with the default batch of 64 on one GPU this is the reference behaviour.
+Equations, defaults with their sources and deviations: docs/methods/sp.md.
 """
 
 from __future__ import annotations

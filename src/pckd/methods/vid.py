@@ -1,24 +1,7 @@
 """Variational information distillation (`vid`; Ahn et al., CVPR 2019, "Variational Information Distillation
 for Knowledge Transfer").
 
-VID maximises a variational lower bound on the mutual information between teacher and student feature maps:
-the teacher map t is modelled as a Gaussian whose mean mu(s) is regressed from the student map s and whose
-variance is a learned per-channel constant. For every stage pair (s, t) of ``stages[1:]`` (RepDistiller's
-``feat[1:-1]``; when the two networks have different numbers of stages the first ones are paired, like
-RepDistiller's ``zip``):
-
-* spatial sizes: the larger map is adaptively average-pooled to the smaller one's size (RepDistiller);
-* ``mu(s) = conv1x1(relu(conv1x1(relu(conv1x1(s)))))``, channels C_s -> C_t -> C_t -> C_t, no biases (the
-  hidden width is the teacher's channel count, as ``VIDLoss(s, t, t)`` in RepDistiller's ``train_student.py``);
-* ``sigma_c^2 = softplus(alpha_c) + eps`` with eps = 1e-5 and alpha initialised to
-  ``log(exp(init_pred_var - eps) - 1)`` so that sigma^2 = init_pred_var = 5 at the start;
-* ``L_k = mean_{b,c,h,w} 0.5 * ((mu_bchw - t_bchw)^2 / sigma_c^2 + log sigma_c^2)`` (the Gaussian negative
-  log-likelihood without its constant), and ``L_VID = sum_k L_k``;
-* ``L = ce_weight * CE + vid_weight * L_VID`` (+ an optional Hinton KD term, off by default).
-
-Defaults are RepDistiller's (``distiller_zoo/VID.py``, ``train_student.py``, ``scripts/run_cifar_distill.sh``:
-``-r 1 -a 0 -b 1``). The regressors and the alphas are heads of this distiller, trained with the student.
-Every term is local to a sample, so distributed runs need no gathering.
+Equations, defaults with their sources and deviations: docs/methods/vid.md.
 """
 
 from __future__ import annotations
