@@ -101,10 +101,29 @@ def _extra_configs() -> dict[str, dict[str, Any]]:
     return extra
 
 
+def follow_overrides(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Name the run folder after the architectures through interpolation, so ``student.arch=...`` (or
+    ``teacher.arch=...``) on the command line renames it too: ``.../resnet32x4-resnet8x4`` becomes
+    ``.../${teacher.arch}-${student.arch}``, a teacher's ``.../resnet56`` becomes ``.../${student.arch}``."""
+    out = cfg.get("output_dir")
+    student = cfg.get("student", {}).get("arch")
+    teacher = cfg.get("teacher", {}).get("arch")
+    if not isinstance(out, str) or not student:
+        return cfg
+    parts = out.split("/")
+    for i, part in enumerate(parts):
+        if teacher and part.startswith(f"{teacher}-{student}"):
+            parts[i] = "${teacher.arch}-${student.arch}" + part[len(f"{teacher}-{student}"):]
+        elif not teacher and i == len(parts) - 1 and part == student:
+            parts[i] = "${student.arch}"
+    return {**cfg, "output_dir": "/".join(parts)}
+
+
 def render(rel: str, cfg: dict[str, Any]) -> str:
     """YAML text of one config; ``_base_`` is given from configs/ and written relative to the file."""
     if "_base_" in cfg:
         cfg = {**cfg, "_base_": os.path.relpath(cfg["_base_"], os.path.dirname(rel))}
+    cfg = follow_overrides(cfg)
     return HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None)
 
 

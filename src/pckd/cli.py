@@ -7,11 +7,22 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 from pckd.errors import PckdWarning, TrainingStopped, UserError
 
 OVERRIDES_HELP = "key=value overrides, e.g. train.epochs=10 data.classes=10 pckd.preview.mode=off"
+KEYS_EPILOG = """\
+keys (key=value; 'pckd config CONFIG' prints them all resolved, 'pckd methods' lists every method's section):
+  method                      ce, kd, pckd, ckd, ... (pckd methods)
+  student.* / teacher.*       arch, checkpoint, trust_checkpoint, strict
+  data.*                      name, root, classes, train_limit, test_limit, download, image_size, num_workers
+  train.*                     epochs, batch_size, lr, schedule, milestones, seed, device, precision,
+                              channels_last, compile, log_interval, on_nonfinite, checkpoint_every, progress
+  output_dir, resume, overwrite
+  <method>.*                  the method's hyper-parameters, e.g. kd.temperature, pckd.preview.mode
+"""
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -34,9 +45,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
-    from pckd.config import load_config, to_yaml
+    from pckd.config import load_config
+    from pckd.config.load import applicable_yaml
 
-    print(to_yaml(load_config(args.config, args.overrides)), end="")
+    print(applicable_yaml(load_config(args.config, args.overrides)), end="")
     return 0
 
 
@@ -46,25 +58,27 @@ def _cmd_models(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # torchvision's notes about future init defaults are noise here
         warnings.simplefilter("ignore", FutureWarning)
         rows = [model_summary(name, num_classes=args.num_classes) for name in list_models()]
-    print(f"{'name':<22} {'family':<14} {'params (M)':>10} {'feature dim':>11} {'input':>6}")
+    width = max(len("name"), *(len(r["name"]) for r in rows)) + 2
+    print(f"{'name':<{width}} {'family':<14} {'params (M)':>10} {'feature dim':>11} {'input':>6}")
     for r in rows:
-        print(f"{r['name']:<22} {r['family']:<14} {r['params'] / 1e6:>10.2f} {r['penultimate_dim']:>11} {r['input_size']:>6}")
+        print(f"{r['name']:<{width}} {r['family']:<14} {r['params'] / 1e6:>10.2f} {r['penultimate_dim']:>11} "
+              f"{r['input_size']:>6}")
     print(f"\nparameter counts for {args.num_classes} classes; ImageNet models: any torchvision classifier as "
           f"'torchvision.<name>' (e.g. torchvision.resnet18)")
     return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from pckd.methods.base import method_registry
+    from pckd.params import settings_rows
 
     for name, spec in sorted(method_registry().items()):
         teacher = "teacher" if spec.cls.needs_teacher else "no teacher"
         print(f"{name:<12} {spec.summary} [{teacher}]")
-        for f in dataclasses.fields(spec.params):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            print(f"    {name}.{f.name} = {default}")
+        for key, default, allowed, doc in settings_rows(spec.params, name):
+            rule = f"  [{allowed}]" if allowed else ""
+            note = f"  # {doc}" if doc else ""
+            print(f"    {key} = {default}{rule}{note}")
     return 0
 
 
@@ -114,23 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="student methods to run (default: ce kd pckd ckd; 'all' adds every baseline)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train with a YAML config (teacher with method=ce, or a student)")
+    p = sub.add_parser("train", help="train with a YAML config (teacher with method=ce, or a student)",
+                       epilog=KEYS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config file, e.g. configs/cifar100/kd/resnet32x4-resnet8x4.yaml")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="evaluate a checkpoint on the test set")
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the test set", epilog=KEYS_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file with student.arch=...")
     p.add_argument("overrides", nargs="*", help="e.g. data.root=./data student.arch=resnet8x4")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("config", help="print the resolved config")
+    p = sub.add_parser("config", help="print the resolved config (only the keys that apply to the run)",
+                       epilog=KEYS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("models", help="list the model zoo with parameter counts")
-    p.add_argument("--num-classes", type=int, default=100)
+    p.add_argument("--num-classes", type=int, default=100,
+                   help="classes of the classifier the parameter counts are given for (default: 100)")
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("methods", help="list the methods and their hyper-parameters")
@@ -151,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
-    p.add_argument("checkpoint")
-    p.add_argument("output")
+    p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file")
+    p.add_argument("output", help="the .safetensors file to write (its folder is created)")
     p.set_defaults(func=_cmd_export)
+    parser.commands = dict(sub.choices)  # type: ignore[attr-defined]
     return parser
 
 
@@ -177,7 +196,8 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
         _say(f"pckd: error: {exc}")
         return exc.exit_code
     except TrainingStopped as exc:
-        _say(f"pckd: {exc}")
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops alike: one line says so
+            _say(f"pckd: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         _say("pckd: aborted")
@@ -186,24 +206,40 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                   file: Any = None, line: str | None = None) -> None:
-    """Print pckd's own warnings as one ``pckd: warning: ...`` line (others the usual way)."""
-    if issubclass(category, PckdWarning):
-        print(f"pckd: warning: {message}", file=file or sys.stderr, flush=True)
-    else:
-        _show_warning.fallback(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    """Every warning as one ``pckd: warning: ...`` line: pckd's own as they are, others with their kind and
+    origin (no source line echoed)."""
+    text = " ".join(str(message).split())
+    if not issubclass(category, PckdWarning):
+        module = Path(filename).stem if filename else "?"
+        text = f"{text} ({category.__name__} from {module})"
+    stream = file or sys.stderr
+    try:
+        stream.write(f"pckd: warning: {text}\n")
+        stream.flush()
+    except (OSError, ValueError):  # a closed or broken stream must not turn a warning into a crash
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``pckd`` command: parse, run, and turn every outcome into an exit code."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    commands: dict[str, argparse.ArgumentParser] = getattr(parser, "commands", {})
+    if len(argv) == 1 and argv[0] in commands and argv[0] not in ("demo", "models", "methods"):
+        commands[argv[0]].print_help(sys.stderr)  # a bare command shows its help, not a terse usage error
+        return 2
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     warnings.filterwarnings("default", category=UserWarning)
-    if warnings.showwarning is not _show_warning:
-        _show_warning.fallback = warnings.showwarning  # type: ignore[attr-defined]
-        warnings.showwarning = _show_warning
-    return _run(args.func, args)
+    warnings.showwarning = _show_warning
+    try:
+        return _run(args.func, args)
+    except BrokenPipeError:  # `pckd models | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

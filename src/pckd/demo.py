@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pckd.config import load_config, to_yaml
+from pckd.config import load_config
 from pckd.engine.trainer import train
 from pckd.errors import TrainingStopped
 
@@ -93,7 +93,6 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs_scale: float = 1.0,
     print(f"\n{len(rows)} runs in {elapsed:.0f} s; run folders (config, metrics.jsonl, TensorBoard, checkpoints) "
           f"under {root}/")
     (root / "results.md").write_text(table + "\n")
-    (root / "demo_config.yaml").write_text(to_yaml(teacher_cfg))
     return rows
 
 

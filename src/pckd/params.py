@@ -181,3 +181,20 @@ def describe_field(cls: type, name: str) -> tuple[str, str]:
                  if f.metadata.get(k) is not None]
         allowed = ", ".join(rules)
     return allowed, str(f.metadata.get("doc", ""))
+
+
+def settings_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
+    """(full key, default, allowed values or rule, doc) of every leaf field of the settings dataclass ``cls``,
+    nested sections flattened to dotted keys: what ``pckd methods`` prints."""
+    rows: list[tuple[str, str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        tp = _unwrap_optional(field_types(cls)[f.name])
+        key = f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            rows += settings_rows(tp, key)
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        allowed, doc = describe_field(cls, f.name)
+        rows.append((key, shown, allowed, doc))
+    return rows

@@ -73,8 +73,10 @@ class DoubleViews:
 def _config(method: str, overrides: list[str], teacher: Path, run_dir: Path) -> Any:
     from pckd.config import load_config
 
+    # teacher keys only for methods that use a teacher (a teacher-less run refuses them)
+    teacher_keys = [] if method in ("ce", "intra_class") else ["teacher.arch=resnet20", f"teacher.checkpoint={teacher}"]
     return load_config(None, [
-        f"method={method}", "student.arch=resnet8", "teacher.arch=resnet20", f"teacher.checkpoint={teacher}",
+        f"method={method}", "student.arch=resnet8", *teacher_keys,
         "data.name=digits", "data.train_limit=64", "data.test_limit=16", "train.batch_size=16",
         "train.device=cpu", "train.progress=false", "train.eval_teacher=false", "train.seed=3",
         f"output_dir={run_dir}", *overrides])

@@ -92,9 +92,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     coerced = [coerce_section(layer, schema, "", names, method) for layer in base_layers + file_layers + [cli_layer]]
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), *coerced)
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise UserError(_omegaconf_message(exc, schema)) from None
+    _refuse_unused_teacher(cfg, cli_layer)
+    return cfg
+
+
+def uses_teacher(cfg: Any) -> bool:
+    """Whether the configured method, with its settings, distils from a teacher."""
+    from pckd.methods.base import method_registry
+
+    return bool(method_registry()[cfg.method].cls.uses_teacher(method_params(cfg)))
+
+
+def _refuse_unused_teacher(cfg: Any, cli_layer: dict[str, Any]) -> None:
+    """``teacher.*`` given on the command line of a run without a teacher would be silently ignored."""
+    given = cli_layer.get("teacher")
+    if not isinstance(given, dict) or not given or uses_teacher(cfg):
+        return
+    keys = ", ".join(f"teacher.{k}" for k in given)
+    hint = f"set student.arch={given['arch']} to train that network" if "arch" in given else "drop them"
+    raise UserError(f"method={cfg.method} trains student.arch={cfg.student.arch} without a teacher, so {keys} "
+                    f"would be ignored; {hint}")
+
+
+def applicable_yaml(cfg: Any) -> str:
+    """The resolved config as YAML with only what applies to this run: no teacher section for a run without a
+    teacher, no ImageFolder-only data keys for other datasets (what ``pckd config`` shows)."""
+    tree = to_dict(cfg)
+    if not uses_teacher(cfg):
+        tree.pop("teacher", None)
+        for key in ("eval_teacher", "teacher_fold_bn", "teacher_channels_last"):
+            tree["train"].pop(key, None)
+    if str(cfg.data.name) != "imagefolder":
+        for key in ("image_size", "num_workers", "skip_corrupt"):
+            tree["data"].pop(key, None)
+    return str(OmegaConf.to_yaml(OmegaConf.create(tree)))
 
 
 def _expected_type(schema: type, dotted: str) -> str | None:

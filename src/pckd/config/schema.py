@@ -65,7 +65,7 @@ class DataConfig(Settings):
     test_limit: Optional[int] = hp(None, gt=0, doc="keep only the first N test images (after `classes`)")
     download: bool = hp(False, doc="CIFAR only: fetch through torchvision when the files are missing (needs internet)")
     image_size: int = hp(224, gt=0, doc="imagefolder only: training crop / evaluation size")
-    num_workers: int = hp(4, ge=0, doc="imagefolder only: loader processes")
+    num_workers: Optional[int] = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")
     skip_corrupt: bool = hp(False, doc="imagefolder only: skip unreadable images (counted) instead of stopping")
     on_device: bool = hp(True, doc="in-memory datasets: keep the uint8 images on the training device")
 

@@ -59,6 +59,19 @@ class DataBundle:
         return DataInfo(num_classes=self.num_classes, train_size=self.train_size, input_size=self.input_size)
 
 
+def default_num_workers() -> int:
+    """Loader processes when ``data.num_workers`` is unset: this process's share of the CPUs it may run on
+    (split between the ranks of this machine under torchrun), less one for the training process, at most 8."""
+    import os
+
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    per_rank = cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(0, min(8, per_rank - 1))
+
+
 def _check_num_classes(cfg: DataConfig, found: int) -> None:
     if cfg.num_classes is not None and cfg.num_classes != found:
         via = f" (data.classes={cfg.classes})" if cfg.classes is not None else ""
@@ -129,7 +142,8 @@ def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: i
         dataset.keep(_positions(cfg, dataset.targets, n_available, train))
     num_classes = cfg.classes if cfg.classes is not None else n_available
     _check_num_classes(cfg, num_classes)
-    common = dict(seed=seed, num_workers=cfg.num_workers, skip_corrupt=cfg.skip_corrupt, device=device)
+    workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
+    common = dict(seed=seed, num_workers=workers, skip_corrupt=cfg.skip_corrupt, device=device)
     train_loader = ImageFolderLoader(train_set, batch_size, shuffle=True, **common)
     return DataBundle(
         train=train_loader,

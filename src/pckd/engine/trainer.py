@@ -11,10 +11,13 @@ ranks) and :meth:`Trainer._end_epoch` (evaluate, record, checkpoint). Ranks agre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ContextManager
@@ -24,10 +27,10 @@ from tqdm.auto import tqdm
 
 import pckd.distributed as dist
 from pckd.config import to_yaml
-from pckd.config.schema import OnNonFinite, Precision
+from pckd.config.schema import OnNonFinite, Precision, Schedule
 from pckd.data.batch import Batch
 from pckd.engine.acceleration import ChannelsLastAugment, compile_student
-from pckd.engine.build import Built, build
+from pckd.engine.build import Built, build, lr_factor
 from pckd.engine.checkpoint_io import (
     atomic_save,
     load_checkpoint_file,
@@ -35,11 +38,12 @@ from pckd.engine.checkpoint_io import (
 )
 from pckd.engine.evaluate import evaluate
 from pckd.engine.metrics import StepMeter
+from pckd.engine.resume_check import check_resume, config_changes
 from pckd.engine.run_dir import check_run_dir, create_run_dir
 from pckd.engine.run_logger import RunLogger, peak_memory_mb
 from pckd.engine.run_state import environment, rng_state, set_rng_state
 from pckd.engine.signals import StopRequest
-from pckd.errors import TrainingStopped, UserError
+from pckd.errors import PckdWarning, TrainingStopped, UserError
 from pckd.methods.base import StepOutput
 from pckd.run_folder import BEST, CONFIG, ENV, LAST, PREVIOUS, SUMMARY
 
@@ -82,8 +86,8 @@ class Trainer:
             if cfg.train.sync_bn:  # BN over the global batch, as one process would compute it
                 dist.convert_batchnorm(self.distiller, self.device)
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(self.distiller, device_ids=ids,
-                                                                   find_unused_parameters=True)
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.distiller, device_ids=ids, find_unused_parameters=self.distiller.has_unused_parameters)
         if cfg.train.compile:
             compile_student(self.distiller.student)
         self.logger = RunLogger(self.run_dir, enabled=dist.is_main_process())
@@ -91,6 +95,7 @@ class Trainer:
         self.best_top1, self.best_epoch = -1.0, 0
         self.teacher_eval: dict[str, float] | None = None
         self.wall_time = 0.0
+        self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def _autocast(self) -> ContextManager[Any]:
@@ -187,6 +192,16 @@ class Trainer:
                 f"'{path}' is a {state['method']} run of {state['arch']} but the config asks for "
                 f"{self.cfg.method} with {self.cfg.student.arch}; resume with the run's own config.yaml"
             )
+        done = int(state["epoch"]) - (1 if state["step"] else 0)  # complete epochs in the checkpoint
+        if not state["step"] and done >= self.cfg.train.epochs and isinstance(state.get("config"), str) \
+                and not config_changes(state["config"], to_yaml(self.cfg)):
+            raise TrainingStopped(
+                f"the run in {self.run_dir} already finished its {done} epochs (best test top-1 "
+                f"{state['best_top1']:.2f}% at epoch {state['best_epoch']}); to train longer, resume with "
+                f"train.epochs=N (N > {done})", exit_code=0)
+        if isinstance(state.get("config"), str):
+            self.extension = check_resume(state["config"], to_yaml(self.cfg), done, str(self.run_dir / CONFIG))
+        self._warn_about_extension(state)
         student_sd = {f"student.{k}": v for k, v in state["model"].items()}
         self.distiller.load_state_dict({**student_sd, **state["heads"]})
         self.built.optimizer.load_state_dict(state["optimizer"])
@@ -203,10 +218,35 @@ class Trainer:
         if dist.is_main_process():
             print(f"resuming {self.run_dir} from {path.name}: epoch {self.start_epoch}, step {self.start_step}",
                   flush=True)
+        self.logger.log({"kind": "resume", "epoch": self.start_epoch, "step": self.start_step, "from": path.name,
+                         "changes": {k: list(v) for k, v in self.extension.items()}})
+
+    def _warn_about_extension(self, state: dict[str, Any]) -> None:
+        """Say what an extension of ``train.epochs`` does to the learning rate (a cosine schedule jumps)."""
+        if "train.epochs" not in self.extension:
+            return
+        old, new = self.extension["train.epochs"]
+        note = f"train.epochs extended from {old} to {new}; the change is recorded in metrics.jsonl"
+        if self.cfg.train.schedule == Schedule.cosine and isinstance(old, int):
+            done = int(state["epoch"])
+            before = self.cfg.train.lr * lr_factor(done, dataclasses.replace(self.cfg.train, epochs=old))
+            after = self.cfg.train.lr * lr_factor(done + 1, self.cfg.train)
+            note += (f"; the cosine learning rate jumps from {before:.4g} (epoch {done} of {old}) to {after:.4g} "
+                     f"(epoch {done + 1} of {new})")
+        warnings.warn(note, PckdWarning, stacklevel=3)
 
     def resume_command(self) -> str:
-        """The shell command that continues this run (from the current working directory)."""
-        return f"pckd train {shlex.quote(str(self.run_dir / CONFIG))} resume=true"
+        """The shell command that continues this run (from the current working directory), as it must be typed:
+        under torchrun with its prefix, and with any extension this run was resumed with."""
+        extra = "".join(f" {k}={shlex.quote(str(new))}" for k, (_, new) in self.extension.items())
+        command = f"pckd train {shlex.quote(str(self.run_dir / CONFIG))} resume=true{extra}"
+        if not dist.is_distributed():
+            return command
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size()))
+        nodes = max(dist.world_size() // max(per_node, 1), 1)
+        launcher = (f"torchrun --nproc_per_node={per_node}" if nodes == 1 else
+                    f"torchrun --nnodes={nodes} --nproc_per_node={per_node} <your rendezvous options>")
+        return f"{launcher} -m {command}"
 
     # ---- main loop ---------------------------------------------------------------------------------------
     def fit(self, stop_after_epoch: int | None = None) -> dict[str, Any]:
@@ -222,8 +262,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.resume:
             self.resume()  # before writing anything: an unreadable run must stay as it was
-        self.logger.write_text(CONFIG, to_yaml(cfg))
-        self.logger.write_json(ENV, environment(cfg))
+        if not cfg.resume:  # a resumed run keeps the config it started with; changes are logged, not rewritten
+            self.logger.write_text(CONFIG, to_yaml(dataclasses.replace(cfg, resume=False, overwrite=False)))
+            self.logger.write_json(ENV, environment(cfg))
         if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None:
             self.teacher_eval = self._evaluate(self.distiller.teacher)
             self.logger.log({"kind": "teacher", **self.teacher_eval})
@@ -322,7 +363,7 @@ class Trainer:
                   "best/top1": self.best_top1}
         self.logger.log(record, step=epoch)
         if dist.is_main_process():
-            tqdm.write(f"epoch {epoch}/{cfg.train.epochs}  loss {train_means.get('loss', float('nan')):.4f}  "
+            tqdm.write(f"{self.run_dir.name}: epoch {epoch}/{cfg.train.epochs}  loss {train_means.get('loss', float('nan')):.4f}  "
                        f"train top-1 {train_means.get('top1', 0):.2f}%  test top-1 {test['top1']:.2f}%  "
                        f"(best {self.best_top1:.2f}% @ {self.best_epoch})  {record['img_per_s']:.0f} img/s")
         signal, _ = self._agree(stop)
@@ -364,8 +405,9 @@ class Trainer:
             self.save(epoch, step, None)
         self.logger.close()
         code = 0 if signame == "SIGTERM" else 130
+        where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch} step {step}"
         raise TrainingStopped(
-            f"{signame}: stopped at epoch {epoch} step {step}; checkpoint saved in {self.run_dir / LAST}. "
+            f"{signame}: stopped {where}; checkpoint saved in {self.run_dir / LAST}. "
             f"Resume with: {self.resume_command()}", exit_code=code)
 
     def _finish(self, last_eval: dict[str, float] | None) -> dict[str, Any]:

@@ -95,6 +95,7 @@ class AB(TeacherDistiller):
     """Init stage: ``L_AB`` through per-stage connectors; main stage: CE (+ ``ab_weight * L_AB``)."""
 
     params: ABParams
+    has_unused_parameters = True  # the connectors train in the init stage only
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params: ABParams, data: DataInfo) -> None:
         super().__init__(student, teacher, params, data)

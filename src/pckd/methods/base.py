@@ -67,6 +67,9 @@ class Distiller(nn.Module):
     needs_teacher: ClassVar[bool] = False
     # Files the method writes into the run folder (``on_epoch_end`` through the writer); removed on overwrite.
     output_files: ClassVar[tuple[str, ...]] = ()
+    # Whether some trainable parameters get no gradient in some steps (heads of one stage of a two-stage method):
+    # DDP then needs find_unused_parameters, which costs an extra pass over the graph every step.
+    has_unused_parameters: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: Any, data: DataInfo) -> None:
         super().__init__()

@@ -70,6 +70,7 @@ class FSP(TeacherDistiller):
     """Init stage: MSE between student and teacher FSP matrices; main stage: CE (+ ``fsp_weight * L_FSP``)."""
 
     params: FSPParams
+    has_unused_parameters = True  # the init stage does not use the student's classifier
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params: FSPParams, data: DataInfo) -> None:
         super().__init__(student, teacher, params, data)

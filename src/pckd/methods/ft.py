@@ -121,6 +121,7 @@ class FT(TeacherDistiller):
     """Init stage: paraphraser autoencoder on the teacher's last map; main stage: CE + ``ft_weight * L_FT``."""
 
     params: FTParams
+    has_unused_parameters = True  # the paraphraser trains in the init stage, the translator after it
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params: FTParams, data: DataInfo) -> None:
         super().__init__(student, teacher, params, data)
