@@ -32,7 +32,8 @@ def test_run_folder_names_follow_architecture_overrides() -> None:
 def test_config_shows_only_what_applies(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["config", str(CONFIGS / "teachers" / "resnet56.yaml")]) == 0
     out = capsys.readouterr().out
-    assert "teacher" not in out and "image_size" not in out and "arch: resnet56" in out
+    assert "\nteacher:" not in out and "eval_teacher" not in out and "image_size" not in out
+    assert "arch: resnet56" in out
     assert main(["config", str(CONFIGS / "kd" / "resnet32x4-resnet8x4.yaml")]) == 0
     assert "\nteacher:" in capsys.readouterr().out
 
