@@ -37,7 +37,7 @@ def test_epoch_schedule_sets_every_group_from_its_own_base() -> None:
     params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
     opt = torch.optim.SGD([{"params": params[:1], "lr": 0.1}, {"params": params[1:], "lr": 0.01}], lr=0.1)
     schedule = EpochSchedule(opt, _train("train.milestones=[1]"))
-    assert schedule.set_epoch(2) == pytest.approx(0.01)
+    assert schedule.set_epoch(2) == pytest.approx(0.005)  # the logged rate: train.lr (0.05) x 0.1
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.01, 0.001])
     assert schedule.state_dict()["schedule"] == "multistep" and type(schedule.state_dict()["schedule"]) is str
 
@@ -57,3 +57,25 @@ def test_step_meter_means_accuracy_and_first_bad_step() -> None:
     assert bad == {"ce": 2} and meter.first_nonfinite() == {"ce": 12}
     meter.reset()
     assert meter.read() == ({}, {})
+
+
+def test_fine_tuning_groups_freeze_then_scale_the_backbone() -> None:
+    from pckd.data.info import DataInfo
+    from pckd.engine.build import BACKBONE_GROUP, parameter_groups
+    from pckd.methods.ce import CEParams, CrossEntropy
+    from pckd.models import create_model
+
+    train = _train("train.freeze_backbone_epochs=2", "train.backbone_lr_scale=0.1", "train.lr=0.05",
+                   "train.milestones=[100]")
+    distiller = CrossEntropy(create_model("resnet8", 10), None, CEParams(), DataInfo(num_classes=10))
+    groups = parameter_groups(distiller, train)
+    assert [g["name"] for g in groups] == [BACKBONE_GROUP, "classifier and heads"]
+    fc = {id(p) for p in distiller.student.fc.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == fc and not fc & {id(p) for p in groups[0]["params"]}
+    opt = torch.optim.SGD(groups, lr=0.05)
+    schedule = EpochSchedule(opt, train)
+    schedule.set_epoch(2)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.0, 0.05])  # frozen backbone
+    schedule.set_epoch(3)
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 0.05])
+    assert len(parameter_groups(distiller, _train())) == 1  # no recipe: one group, as before

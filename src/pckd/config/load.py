@@ -126,7 +126,7 @@ def applicable_yaml(cfg: Any) -> str:
         for key in ("eval_teacher", "teacher_fold_bn", "teacher_channels_last"):
             tree["train"].pop(key, None)
     if str(cfg.data.name) != "imagefolder":
-        for key in ("image_size", "num_workers", "skip_corrupt"):
+        for key in ("image_size", "transforms", "num_workers", "skip_corrupt"):
             tree["data"].pop(key, None)
     return str(OmegaConf.to_yaml(OmegaConf.create(tree)))
 

@@ -43,12 +43,22 @@ class DatasetName(Choice):
     digits = "digits"
 
 
+class TransformPreset(Choice):
+    """The train/test transforms of ImageFolder data (``data.transforms``)."""
+
+    auto = "auto"  # cifar up to 64 pixels, imagenet above
+    imagenet = "imagenet"  # RandomResizedCrop + flip; resize 256/224 + centre crop
+    cifar = "cifar"  # resize + padded random crop (4) + flip; resize + centre crop
+
+
 @dataclass
 class ModelConfig(Settings):
     """A network: a zoo/torchvision architecture name and optionally weights to load."""
 
     arch: str = hp("resnet8x4", doc="architecture: a zoo name, torchvision.<name> or timm.<name> ('pckd models')")
     checkpoint: Optional[str] = hp(None, doc="weights file; RepDistiller/mdistiller/state_dict/bare/pckd formats")
+    weights: Optional[str] = hp(None, doc="published weights of a torchvision.*/timm.* model: DEFAULT, IMAGENET1K_V1, ...")
+    reset_classifier: bool = hp(False, doc="load the backbone of the weights/checkpoint, train a new classifier")
     trust_checkpoint: bool = hp(False, doc="allow full unpickling of a checkpoint you trust (runs code in the file!)")
     strict: bool = hp(True, doc="every key must match when loading the checkpoint")
 
@@ -65,6 +75,7 @@ class DataConfig(Settings):
     test_limit: Optional[int] = hp(None, gt=0, doc="keep only the first N test images (after `classes`)")
     download: bool = hp(False, doc="CIFAR only: fetch through torchvision when the files are missing (needs internet)")
     image_size: int = hp(224, gt=0, doc="imagefolder only: training crop / evaluation size")
+    transforms: TransformPreset = hp(TransformPreset.auto, doc="imagefolder only: auto | imagenet | cifar")
     num_workers: Optional[int] = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")
     skip_corrupt: bool = hp(False, doc="imagefolder only: skip unreadable images (counted) instead of stopping")
     on_device: bool = hp(True, doc="in-memory datasets: keep the uint8 images on the training device")
@@ -85,6 +96,8 @@ class TrainConfig(Settings):
     milestones: list[int] = hp(factory=lambda: [150, 180, 210], ge=0, doc="epochs after which lr *= lr_decay")
     lr_decay: float = hp(0.1, gt=0)
     warmup_epochs: int = hp(0, ge=0)
+    backbone_lr_scale: float = hp(1.0, ge=0, doc="fine-tuning: the student's backbone trains at lr x this")
+    freeze_backbone_epochs: int = hp(0, ge=0, doc="fine-tuning: train only the classifier (and heads) this many epochs")
     seed: int = hp(0, ge=0, lt=2**32)
     device: str = hp("auto", doc="auto | cpu | cuda | cuda:N | mps")
     deterministic: bool = hp(False)

@@ -130,8 +130,8 @@ def _positions(cfg: DataConfig, targets: list[int], n_available: int, train: boo
 def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
     from pckd.data.imagefolder import ImageFolderLoader, open_split
 
-    train_set = open_split(cfg.root, "train", cfg.image_size)
-    test_set = open_split(cfg.root, "val", cfg.image_size)
+    train_set = open_split(cfg.root, "train", cfg.image_size, str(cfg.transforms))
+    test_set = open_split(cfg.root, "val", cfg.image_size, str(cfg.transforms))
     if test_set.classes != train_set.classes:
         raise UserError(
             f"data.root: the class folders of '{cfg.root}/val' differ from those of '{cfg.root}/train'; "

@@ -38,28 +38,35 @@ from pckd.errors import UserError
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def train_transform(image_size: int) -> Callable:
-    mean, std = NORMALIZATION["imagenet"]
-    return transforms.Compose(
-        [
-            transforms.RandomResizedCrop(image_size),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+SMALL_IMAGES = 64  # `data.transforms: auto` uses the CIFAR-style preset up to this side
 
 
-def eval_transform(image_size: int) -> Callable:
+def resolve_preset(preset: str, image_size: int) -> str:
+    """``auto`` -> ``cifar`` for images of at most 64 pixels, else ``imagenet``."""
+    if preset == "auto":
+        return "cifar" if image_size <= SMALL_IMAGES else "imagenet"
+    return preset
+
+
+def train_transform(image_size: int, preset: str = "imagenet") -> Callable:
+    """Training view: ImageNet-style RandomResizedCrop + flip, or CIFAR-style resize + padded crop + flip."""
     mean, std = NORMALIZATION["imagenet"]
-    return transforms.Compose(
-        [
-            transforms.Resize(int(image_size * 256 / 224)),  # the usual 256->224 ratio
-            transforms.CenterCrop(image_size),
-            transforms.ToTensor(),
-            transforms.Normalize(mean, std),
-        ]
-    )
+    if resolve_preset(preset, image_size) == "cifar":
+        crop = [transforms.Resize(image_size), transforms.CenterCrop(image_size),
+                transforms.RandomCrop(image_size, padding=4)]
+    else:
+        crop = [transforms.RandomResizedCrop(image_size)]
+    return transforms.Compose([*crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
+
+
+def eval_transform(image_size: int, preset: str = "imagenet") -> Callable:
+    """Test view: ImageNet-style resize (256/224) + centre crop, or CIFAR-style resize + centre crop."""
+    mean, std = NORMALIZATION["imagenet"]
+    small = resolve_preset(preset, image_size) == "cifar"
+    resize = image_size if small else int(image_size * 256 / 224)  # the usual 256->224 ratio
+    return transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(),
+                               transforms.Normalize(mean, std)])
 
 
 class TolerantImageFolder(datasets.ImageFolder):
@@ -92,11 +99,11 @@ def check_root(root: str | Path) -> None:
             )
 
 
-def open_split(root: str | Path, split: str, image_size: int) -> TolerantImageFolder:
-    """Scan ``root/split`` (``train`` or ``val``) with the matching transform."""
+def open_split(root: str | Path, split: str, image_size: int, preset: str = "imagenet") -> TolerantImageFolder:
+    """Scan ``root/split`` (``train`` or ``val``) with the matching transform of ``preset``."""
     check_root(root)
     folder = Path(root).expanduser() / split
-    transform = train_transform(image_size) if split == "train" else eval_transform(image_size)
+    transform = train_transform(image_size, preset) if split == "train" else eval_transform(image_size, preset)
     try:
         return TolerantImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,10 +16,11 @@ from torch import nn
 import pckd.distributed as dist
 from pckd.config import method_params
 from pckd.data import DataBundle, build_data
-from pckd.errors import UserError
+from pckd.errors import PckdWarning, UserError
 from pckd.methods.base import Distiller, method_registry
-from pckd.models import create_model, load_weights
+from pckd.models import create_model, extract_state_dict, load_weights, read_checkpoint
 from pckd.models.fold_bn import fold_batchnorm
+from pckd.models.pretrained import classifier_keys, load_backbone, pretrained_state
 
 
 def resolve_device(name: str) -> torch.device:
@@ -47,7 +49,9 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_network(model_cfg: Any, role: str, num_classes: int, input_size: int) -> nn.Module:
-    """Create ``role``'s architecture and load its checkpoint if one is given; checks sizes against the data."""
+    """Create ``role``'s architecture, load its published weights and/or checkpoint, and check it against the
+    data (classes, input size). With ``reset_classifier`` only the backbone is loaded and the classifier is
+    trained from scratch for the data's classes."""
     model = create_model(model_cfg.arch, num_classes, key=f"{role}.arch")
     expected = getattr(model, "input_size", None)
     if expected == 32 and input_size != 32:
@@ -55,9 +59,30 @@ def build_network(model_cfg: Any, role: str, num_classes: int, input_size: int) 
             f"{role}.arch={model_cfg.arch} is a 32x32 CIFAR model but the data gives {input_size}x{input_size} images; "
             f"use a torchvision.* model for this data or data.image_size=32"
         )
+    if isinstance(expected, int) and expected >= 160 and input_size <= expected // 4:
+        warnings.warn(
+            f"{role}.arch={model_cfg.arch} is designed for {expected}x{expected} inputs but gets {input_size}x"
+            f"{input_size}: its stem downsamples so much that little is left to learn from; use a CIFAR zoo model "
+            f"('pckd models') or data.image_size={expected} (images are resized)", PckdWarning, stacklevel=2)
+    notes = []
+    if model_cfg.weights:
+        state, classes, source = pretrained_state(model_cfg.arch, model_cfg.weights, f"{role}.weights")
+        notes.append(load_backbone(model, state, source, model_cfg.reset_classifier, classes, num_classes,
+                                   f"{role}.weights", f"{role}.reset_classifier"))
     if model_cfg.checkpoint:
-        load_weights(model, model_cfg.checkpoint, trust=model_cfg.trust_checkpoint, strict=model_cfg.strict,
-                     key_name=f"{role}.checkpoint")
+        if model_cfg.reset_classifier:
+            state = extract_state_dict(read_checkpoint(model_cfg.checkpoint, trust=model_cfg.trust_checkpoint,
+                                                       key_name=f"{role}.checkpoint"), source=model_cfg.checkpoint)
+            head = classifier_keys(model)
+            classes = int(state[head[0]].shape[0]) if head and head[0] in state else 0
+            notes.append(load_backbone(model, state, f"'{model_cfg.checkpoint}'", True, classes, num_classes,
+                                       f"{role}.checkpoint", f"{role}.reset_classifier"))
+        else:
+            load_weights(model, model_cfg.checkpoint, trust=model_cfg.trust_checkpoint, strict=model_cfg.strict,
+                         key_name=f"{role}.checkpoint")
+    if notes and dist.is_main_process():
+        for note in notes:
+            print(f"{role}: {note}", flush=True)
     return model
 
 
@@ -106,11 +131,13 @@ class EpochSchedule:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> float:
+        """Set every group's rate for ``epoch`` (a frozen backbone group gets 0); returns the base rate."""
         self.epoch = epoch
         factor = lr_factor(epoch, self.train_cfg)
+        frozen = epoch <= self.train_cfg.freeze_backbone_epochs
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * factor
-        return self.base_lrs[0] * factor
+            group["lr"] = 0.0 if frozen and group.get("name") == BACKBONE_GROUP else base * factor
+        return self.train_cfg.lr * factor
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "base_lrs": self.base_lrs, "schedule": str(self.train_cfg.schedule)}
@@ -130,6 +157,25 @@ def lr_factor(epoch: int, train_cfg: Any) -> float:
     if train_cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / train_cfg.epochs))
     return train_cfg.lr_decay ** sum(epoch > m for m in train_cfg.milestones)
+
+
+BACKBONE_GROUP = "student backbone"
+
+
+def parameter_groups(distiller: Distiller, train_cfg: Any) -> list[dict[str, Any]]:
+    """What the optimizer trains. One group, unless a fine-tuning recipe separates the student's backbone
+    (``train.backbone_lr_scale`` of the rate; frozen for ``train.freeze_backbone_epochs``) from its classifier
+    and the method's heads (at the full rate)."""
+    trainable = [p for p in distiller.parameters() if p.requires_grad]
+    if train_cfg.backbone_lr_scale == 1.0 and train_cfg.freeze_backbone_epochs == 0:
+        return [{"params": trainable, "name": "all"}]
+    head = {id(p) for p in distiller.student.get_submodule(classifier_keys(distiller.student)[0].rsplit(".", 1)[0])
+            .parameters()}
+    student = {id(p) for p in distiller.student.parameters()}
+    backbone = [p for p in trainable if id(p) in student and id(p) not in head]
+    rest = [p for p in trainable if id(p) not in student or id(p) in head]
+    return [{"params": backbone, "name": BACKBONE_GROUP, "lr": train_cfg.lr * train_cfg.backbone_lr_scale},
+            {"params": rest, "name": "classifier and heads"}]
 
 
 def build(cfg: Any) -> Built:
@@ -158,7 +204,6 @@ def build(cfg: Any) -> Built:
     distiller = spec.cls(student, teacher, method_params(cfg), data.info).to(device)
     if cfg.train.channels_last:
         distiller.to(memory_format=torch.channels_last)
-    trainable = [p for p in distiller.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=cfg.train.momentum,
+    optimizer = torch.optim.SGD(parameter_groups(distiller, cfg.train), lr=cfg.train.lr, momentum=cfg.train.momentum,
                                 weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
     return Built(device, data, distiller, optimizer, EpochSchedule(optimizer, cfg.train))

@@ -35,9 +35,9 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def config_changes(saved_yaml: str, current_yaml: str) -> dict[str, tuple[Any, Any]]:
     """``key -> (saved, current)`` for every setting that differs, runtime keys left out."""
     saved, current = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(yaml.safe_load(current_yaml) or {})
-    keys = sorted(set(saved) | set(current))
-    return {k: (saved.get(k), current.get(k)) for k in keys
-            if k not in RUNTIME_KEYS and saved.get(k) != current.get(k)}
+    # A key the saved config lacks was added to pckd after the run started: the run had its default.
+    keys = sorted(k for k in current if k in saved)
+    return {k: (saved[k], current[k]) for k in keys if k not in RUNTIME_KEYS and saved[k] != current[k]}
 
 
 def check_resume(saved_yaml: str, current_yaml: str, epochs_done: int, run_config: str) -> dict[str, tuple[Any, Any]]:

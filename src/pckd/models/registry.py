@@ -123,6 +123,8 @@ def create_model(name: str, num_classes: int, key: str = "", **kwargs: Any) -> n
         return _create_torchvision(name[len(TORCHVISION_PREFIX) :], num_classes, kwargs, key)
     if name.startswith(TIMM_PREFIX):
         return _create_timm(name[len(TIMM_PREFIX) :], num_classes, kwargs, key)
+    if ":" in name:
+        return _create_from_factory(name, num_classes, kwargs, key)
     if name not in CIFAR_MODELS:
         raise _unknown(name, key, list_models())
     _, builder = CIFAR_MODELS[name]
@@ -134,12 +136,42 @@ def create_model(name: str, num_classes: int, key: str = "", **kwargs: Any) -> n
     return model
 
 
+def _create_from_factory(name: str, num_classes: int, kwargs: dict[str, Any], key: str) -> nn.Module:
+    """``"package.module:factory"``: your own model, built by ``factory(num_classes=K, **kwargs)`` from a module
+    Python can import (installed, or on PYTHONPATH); pckd imports the module and calls nothing else in it."""
+    import importlib
+
+    module_name, _, factory_name = name.partition(":")
+    if not module_name or not factory_name.isidentifier():
+        raise UserError(f"model '{name}'{_at(key)}: write a custom model as 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise UserError(f"model '{name}'{_at(key)}: module '{module_name}' cannot be imported ({err}); install it "
+                        f"or add its folder to PYTHONPATH") from None
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise UserError(f"model '{name}'{_at(key)}: '{module_name}' has no callable '{factory_name}'")
+    try:
+        model = factory(num_classes=num_classes, **kwargs)
+    except TypeError as err:
+        raise UserError(f"model '{name}'{_at(key)}: {factory_name}(num_classes=...) failed: {err}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model '{name}'{_at(key)}: {factory_name} returned {type(model).__name__}, not an nn.Module")
+    wrapped = as_feature_model(model)
+    if getattr(wrapped, "input_size", None) is None:
+        wrapped.input_size = int(getattr(model, "input_size", 0)) or None
+    return wrapped
+
+
 def model_family(name: str) -> str:
     """'resnet', 'wrn', ... for zoo models; 'torchvision' or 'timm' for the others."""
     if name.startswith(TORCHVISION_PREFIX):
         return "torchvision"
     if name.startswith(TIMM_PREFIX):
         return "timm"
+    if ":" in name:
+        return "custom"
     if name not in CIFAR_MODELS:
         raise _unknown(name, "", list_models())
     return CIFAR_MODELS[name][0]
