@@ -131,3 +131,26 @@ def test_default_teacher_preparation_matches_the_plain_teacher(shared_data, rand
     _, _, default = _run(shared_data, random_teacher, tmp_path / "default", [])
     assert isinstance(default.distiller.teacher.bn1, torch.nn.Identity)  # folded into conv1
     assert default.distiller.teacher.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp16_is_refused_off_cuda() -> None:
+    from pckd.config import load_config
+    from pckd.engine.build import build
+    from pckd.errors import UserError
+
+    cfg = load_config(None, ["student.arch=resnet8", "data.name=digits", "train.device=cpu", "train.precision=fp16"])
+    with pytest.raises(UserError, match="train.precision=fp16 needs a CUDA device .*use train.precision=bf16"):
+        build(cfg)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_trains_with_a_gradient_scaler(tmp_path) -> None:
+    from pckd.config import load_config
+    from pckd.engine.trainer import Trainer
+
+    cfg = load_config(None, ["student.arch=resnet8", "data.name=digits", "data.train_limit=64", "train.epochs=1",
+                             "train.batch_size=16", "train.device=cuda", "train.precision=fp16",
+                             "train.progress=false", f"output_dir={tmp_path}/run"])
+    trainer = Trainer(cfg)
+    summary = trainer.fit()
+    assert trainer.scaler is not None and trainer.scaler.get_scale() > 0 and summary["epochs"] == 1

@@ -25,6 +25,7 @@ class Precision(Choice):
 
     fp32 = "fp32"
     bf16 = "bf16"
+    fp16 = "fp16"  # CUDA only: float16 autocast with a gradient scaler
 
 
 class OnNonFinite(Choice):
@@ -101,7 +102,7 @@ class TrainConfig(Settings):
     seed: int = hp(0, ge=0, lt=2**32)
     device: str = hp("auto", doc="auto | cpu | cuda | cuda:N | mps")
     deterministic: bool = hp(False)
-    precision: Precision = hp(Precision.fp32, doc="autocast dtype of the forward passes; losses in float32")
+    precision: Precision = hp(Precision.fp32, doc="fp32 | bf16 | fp16 (CUDA, with a gradient scaler); losses in float32")
     channels_last: bool = hp(False)
     compile: bool = hp(False, doc="torch.compile the student's forward")
     teacher_fold_bn: bool = hp(True, doc="fold the frozen teacher's BatchNorms into its convolutions")

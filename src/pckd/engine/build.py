@@ -183,6 +183,9 @@ def build(cfg: Any) -> Built:
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    elif cfg.train.precision == "fp16":
+        raise UserError(f"train.precision=fp16 needs a CUDA device (float16 autocast with a gradient scaler), but the "
+                        f"run is on {device.type}; use train.precision=bf16 there")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     if cfg.train.batch_size % dist.world_size():
         raise UserError(

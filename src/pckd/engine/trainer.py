@@ -96,11 +96,15 @@ class Trainer:
         self.teacher_eval: dict[str, float] | None = None
         self.wall_time = 0.0
         self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
+        # float16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == Precision.fp16 else None
 
     # ---- helpers -----------------------------------------------------------------------------------------
     def _autocast(self) -> ContextManager[Any]:
         if self.cfg.train.precision == Precision.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.cfg.train.precision == Precision.fp16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.float16)
         return contextlib.nullcontext()
 
     def _evaluate(self, model: torch.nn.Module) -> dict[str, float]:
@@ -129,6 +133,7 @@ class Trainer:
             "method_state": self.distiller.method_state(),
             "best_top1": self.best_top1, "best_epoch": self.best_epoch, "last_eval": last_eval or {},
             "teacher_eval": self.teacher_eval or {}, "wall_time": self.wall_time,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": to_yaml(self.cfg),
         }
 
@@ -208,6 +213,8 @@ class Trainer:
         self.built.schedule.load_state_dict(state["scheduler"])
         self.distiller.load_method_state(state["method_state"])
         set_rng_state(state["rng"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         self.teacher_eval = state["teacher_eval"] or None
         self.wall_time = state["wall_time"]
@@ -322,6 +329,10 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         if self.cfg.train.on_nonfinite == OnNonFinite.skip_step and not self._all_finite(total):  # opt-in sync
             progress.skipped += 1
+        elif self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.step(opt)  # skips the step (and lowers the scale) when a gradient overflowed
+            self.scaler.update()
         else:
             total.backward()
             opt.step()
