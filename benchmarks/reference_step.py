@@ -5,12 +5,12 @@ This is *not* the project's implementation; it is the comparison point for ``ben
 * data: a torch ``DataLoader`` with worker processes over a per-sample ``Dataset``. For PCKD every image is
   flipped once (p = 0.5, shared by its copies), rotated by 0/90/180/270 degrees with ``np.rot90``, and each
   copy goes through its own ``RandomCrop(32, padding=4) -> ToTensor -> Normalize`` (PIL); the copies are
-  stacked to [4, 3, 32, 32] per sample (methods.md 1.2). CE and KD use the usual per-sample
+  stacked to [4, 3, 32, 32] per sample (docs/methods/pckd.md). CE and KD use the usual per-sample
   ``RandomCrop -> RandomHorizontalFlip -> ToTensor -> Normalize``.
 * step: one student forward on the 4B images, the teacher under ``no_grad``; the loss modules are called one
   after another (CE, per-sample KL, a SupCon-style category contrast, an MLP feature-alignment head, an MSE
   centre alignment) and the preview weights are broadcast to the 4 copies through a Python list built from
-  ``.item()`` calls (one host read per copy), as methods.md 1.5 and 1.10 describe.
+  ``.item()`` calls (one host read per copy), as docs/methods/pckd.md and 1.10 describe.
 
 The networks are the project's zoo models (the same ones the project trains), so a comparison measures the
 pipeline and loss code, not different architectures.

@@ -1,8 +1,8 @@
 """Configs of `ckd` (sample-wise contrastive KD, Zhu et al. 2024): the 11 CIFAR-100 pairs of its released recipe
 in two schedule flavours, plus ImageNet ResNet34 -> ResNet18.
 
-Per-pair loss weight, temperature and batch size follow the released configs (methods.md 3.3, decisions.md
-"CKD (seed 003) defaults"). The two flavours differ only in the schedule, and each lives under its own folder
+Per-pair loss weight, temperature and batch size follow the released configs (docs/methods/ckd.md, docs/defaults.md
+"CKD defaults"). The two flavours differ only in the schedule, and each lives under its own folder
 (``configs/cifar100/ckd/<flavour>/``) and writes to its own ``runs/cifar100/ckd/<flavour>/`` so that results
 of the two recipes can never end up in one table by accident:
 
@@ -17,7 +17,7 @@ from typing import Any
 from configs_imagenet import TEACHER_WEIGHTS, imagenet_base
 from make_configs import pair_name, student_config
 
-# (teacher, student) -> (w_CL, tau, batch size) of the released CIFAR-100 configs (methods.md 3.3).
+# (teacher, student) -> (w_CL, tau, batch size) of the released CIFAR-100 configs (docs/methods/ckd.md).
 CKD_PAIRS: dict[tuple[str, str], tuple[float, float, int]] = {
     ("resnet56", "resnet20"): (10.0, 1.0, 64),
     ("resnet110", "resnet32"): (10.0, 1.0, 64),

@@ -5,7 +5,7 @@ Stage 1 (``cifar100/teachers_intra_class/<arch>.yaml``) trains the network as th
 ``method: intra_class`` on the usual CIFAR teacher recipe (240 epochs, x0.1 after 150/180/210), writing to
 ``runs/cifar100/teachers_intra_class/<arch>``. Stage 2 (``cifar100/intra_class_kd/<teacher>-<student>.yaml``)
 is the KD baseline's recipe with ``teacher.checkpoint`` pointing at the stage-1 run. Every ``intra_class.*``
-value is the project's assumption (decisions.md), written out so a config shows what it ran.
+value is the project's assumption (docs/defaults.md), written out so a config shows what it ran.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from make_configs import PAIRS, TEACHERS, pair_name, student_config, student_lr,
 
 METHOD = "intra_class"
 
-# decisions.md "Intra-class contrastive teacher (seed 002) defaults"; none of these is published by the paper.
+# docs/defaults.md "Intra-class contrastive teacher defaults"; none of these is published by the paper.
 INTRA_CLASS_SECTION: dict[str, Any] = {"ce_weight": 1.0, "contrast_weight": 0.1, "tau": 0.5, "delta": 0.5,
                                        "margin": "gate", "queue_size": 32}
 # Same KD recipe as configs/cifar100/kd/*, so the only difference from that baseline is the teacher.

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from configs_imagenet import TEACHER_WEIGHTS
 from make_configs import PAIRS, pair_name, student_config
 
-# spec/decisions.md "PCKD defaults"
+# docs/defaults.md "PCKD defaults"
 CCC_WEIGHT, FA_WEIGHT, CA_WEIGHT, KD_WEIGHT, TEMPERATURE = 0.05, 20.0, 1.0, 1.0, 4.0
 GAMMA_DEFAULT, GAMMA_RESNET20 = 1.005, 1.015
 
@@ -52,7 +52,7 @@ TABLE5_ROWS = [
     _row("5_ckd_preview", False, ALL, "preview"),  # = PCKD (w/o L_KD)
     _row("6_pckd", True, ALL, "preview"),
 ]
-TABLE6_ROWS = [  # rows 3-7: the assignment of subsets to rows is inferred (methods.md 1.9)
+TABLE6_ROWS = [  # rows 3-7: the assignment of subsets to rows is inferred (docs/methods/pckd.md)
     _row("1_ce", False, ""),
     _row("2_fa", False, "fa"),
     _row("3_ca", False, "ca"),
@@ -75,7 +75,7 @@ TABLE9_ROWS = [_row("curriculum", True, ALL, "curriculum")]  # compared with ful
 
 
 def gamma(student: str) -> float:
-    """Threshold growth: 1.015 for resnet20 students, 1.005 otherwise (decisions.md; an inferred mapping)."""
+    """Threshold growth: 1.015 for resnet20 students, 1.005 otherwise (docs/defaults.md; an inferred mapping)."""
     return GAMMA_RESNET20 if student == "resnet20" else GAMMA_DEFAULT
 
 

@@ -1,9 +1,9 @@
 """Sample-wise contrastive KD (`ckd`; Zhu et al. 2024, arXiv 2404.14109): InfoNCE between teacher and
 student logits of the same sample, with the other samples of the batch as negatives.
 
-The default reproduces the released code (methods.md 3.2): both logit vectors are L2-normalised over the
+The default reproduces the released code (docs/methods/ckd.md): both logit vectors are L2-normalised over the
 classes, ``S = t_hat @ s_hat^T / tau`` (teacher rows), and the loss is the cross-entropy of each row with its
-diagonal entry as the target. Two options exist for ablations (decisions.md "CKD defaults"):
+diagonal entry as the target. Two options exist for ablations (docs/defaults.md "CKD defaults"):
 
 * ``symmetric=True``: average with the loss obtained by exchanging the roles of teacher and student
   (for the default negatives that is the cross-entropy of ``S^T``, i.e. student-anchored rows);

@@ -2,7 +2,7 @@
 
 The network being trained sits in ``student`` (no teacher is needed); once trained it serves as the teacher of
 an ordinary KD run. Neither the paper's equations nor its code are public, so this file implements the
-project's own formulation of the abstract, fixed in decisions.md ("Intra-class contrastive teacher"):
+project's own formulation of the abstract, fixed in docs/defaults.md ("Intra-class contrastive teacher"):
 
 * two crop+flip views per image, CE on both (averaged);
 * h = L2-normalised penultimate feature; anchor = one view, positive = the other view of the same image,
@@ -166,7 +166,7 @@ class ClassQueue(nn.Module):
 @dataclass
 class IntraClassParams(Settings):
     """Hyper-parameters of `intra_class` (config section ``intra_class.*``). All are the project's assumptions
-    (decisions.md), since the paper's values are not public.
+    (docs/defaults.md), since the paper's values are not public.
 
     ce_weight: weight of the (two-view mean) cross-entropy.
     contrast_weight: lambda, weight of the gated intra-class contrast (0.1).

@@ -1,4 +1,4 @@
-"""PCKD's hyper-parameters (section ``pckd.*``); CIFAR-100 defaults of the released code and decisions.md."""
+"""PCKD's hyper-parameters (section ``pckd.*``); CIFAR-100 defaults of the released code and docs/defaults.md."""
 
 from __future__ import annotations
 
