@@ -106,6 +106,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_torchrun(args: argparse.Namespace) -> int:
+    from pckd.engine.torchrun import run_torchrun
+
+    rest = list(args.rest)
+    if not rest or rest[0] in ("-h", "--help"):
+        print("usage: pckd torchrun [torchrun options] COMMAND [args]\n\n"
+              "torchrun --OPTIONS -m pckd COMMAND ..., ending in one line and pckd's exit codes (130 after Ctrl-C,\n"
+              "0 after SIGTERM, once the ranks saved their checkpoint). Example:\n"
+              "  pckd torchrun --nproc_per_node=4 train configs/cifar100/kd/resnet32x4-resnet8x4.yaml")
+        return 0 if rest else 2
+    commands = ("train", "eval", "probe")
+    at = next((i for i, a in enumerate(rest) if a in commands), len(rest))
+    return run_torchrun(rest[:at], rest[at:])
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from pckd.models import export_safetensors
 
@@ -167,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="top-1 of each run's best epoch (default, as the reference code reports) or its last")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("torchrun", help="torchrun with pckd's exit codes: pckd torchrun --nproc_per_node=N train CONFIG",
+                       prefix_chars="\0")
+    p.add_argument("rest", nargs=argparse.REMAINDER,
+                   help="torchrun's options, then the pckd command: --nproc_per_node=4 train CONFIG key=value ...")
+    p.set_defaults(func=_cmd_torchrun)
 
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
     p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file")

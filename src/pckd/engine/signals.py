@@ -5,6 +5,7 @@ A second SIGINT aborts at once (KeyboardInterrupt), for a user who really means 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from types import FrameType
@@ -22,8 +23,9 @@ class StopRequest:
         if self.requested == "SIGINT" and signum == signal.SIGINT:
             raise KeyboardInterrupt  # second Ctrl-C: abort now
         self.requested = name
-        print(f"\n{name} received: finishing the current step and saving a checkpoint (Ctrl-C again to abort now)",
-              flush=True)
+        if os.environ.get("RANK", "0") == "0":  # every rank receives it; one says so
+            print(f"\n{name} received: finishing the current step and saving a checkpoint (Ctrl-C again to abort "
+                  "now)", flush=True)
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():

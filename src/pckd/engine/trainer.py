@@ -249,6 +249,9 @@ class Trainer:
         command = f"pckd train {shlex.quote(str(self.run_dir / CONFIG))} resume=true{extra}"
         if not dist.is_distributed():
             return command
+        launcher = os.environ.get("PCKD_LAUNCHER")  # set by `pckd torchrun`, with its exact options
+        if launcher:
+            return f"{launcher} {command[len('pckd '):]}"
         per_node = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size()))
         nodes = max(dist.world_size() // max(per_node, 1), 1)
         launcher = (f"torchrun --nproc_per_node={per_node}" if nodes == 1 else
