@@ -18,7 +18,7 @@ STUDENT_ARCH = "resnet8"
 TEACHER_EPOCHS = 8
 STUDENT_EPOCHS = 5
 
-_COMMON = {
+_COMMON: dict[str, Any] = {
     "data": {"name": "digits"},
     "train": {"batch_size": 64, "lr": 0.05, "schedule": "cosine", "seed": 0, "log_interval": 10,
               "eval_batch_size": 512},

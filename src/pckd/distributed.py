@@ -144,7 +144,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         var = squares / count  # biased: what normalisation uses
         invstd = torch.rsqrt(var + eps)
         y = centred.mul_(invstd.to(xf.dtype).view(shape))  # centred is ours: normalise in place
-        if weight is not None:
+        if weight is not None and bias is not None:
             y = y * weight.to(xf.dtype).view(shape) + bias.to(xf.dtype).view(shape)
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.count = count
@@ -153,7 +153,7 @@ class _GlobalBatchNormFunction(torch.autograd.Function):
         return y.to(x.dtype), mean, unbiased
 
     @staticmethod
-    def backward(ctx: Any, grad_y: Tensor, _mean: Tensor, _var: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_y: Tensor, _mean: Tensor, _var: Tensor) -> tuple[Any, ...]:
         x, weight, mean, invstd = ctx.saved_tensors
         dims = [0, *range(2, x.dim())]
         shape = [1, x.shape[1]] + [1] * (x.dim() - 2)

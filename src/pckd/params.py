@@ -193,7 +193,7 @@ def settings_rows(cls: type, prefix: str) -> list[tuple[str, str, str, str]]:
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
             rows += settings_rows(tp, key)
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         allowed, doc = describe_field(cls, f.name)
         rows.append((key, shown, allowed, doc))

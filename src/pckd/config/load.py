@@ -136,7 +136,7 @@ def _expected_type(schema: type, dotted: str) -> str | None:
     cls: Any = schema
     tp: Any = None
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(cls):
+        if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
             return None
         tp = field_types(cls).get(part)
         if tp is None:

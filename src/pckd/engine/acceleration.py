@@ -11,8 +11,9 @@ def compile_student(student: torch.nn.Module) -> None:
     """``torch.compile`` the student where methods call it: ``forward_features`` (PCKD and every method that
     needs features; zoo models' ``forward`` goes through it too) and ``forward``. ``Module.compile()`` alone
     would only cover ``forward``, which PCKD never calls."""
-    if hasattr(student, "forward_features"):
-        student.forward_features = torch.compile(student.forward_features)
+    forward_features = getattr(student, "forward_features", None)
+    if forward_features is not None:
+        student.forward_features = torch.compile(forward_features)  # type: ignore[assignment]
     student.compile()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -11,7 +13,8 @@ from pckd.engine.metrics import topk_correct
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, augment, autocast=None, channels_last: bool = False) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Any, augment: Any, autocast: Callable[[], Any] | None = None,
+             channels_last: bool = False) -> dict[str, float]:
     """Evaluate ``model`` (plain logits) on ``loader``; returns top1, top5 (percent), loss and n."""
     was_training = model.training
     model.eval()

@@ -7,7 +7,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -18,8 +18,8 @@ from pckd import __version__
 
 def rng_state() -> dict[str, Any]:
     """The python, numpy, torch (and CUDA) RNG states, as tensors and plain lists (``weights_only``-loadable)."""
-    np_state = np.random.get_state()
-    state = {
+    np_state = cast(tuple[Any, ...], np.random.get_state(legacy=True))
+    state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
                   "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},

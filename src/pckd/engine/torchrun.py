@@ -38,6 +38,6 @@ def run_torchrun(torchrun_args: list[str], pckd_args: list[str]) -> int:
         codes = sorted({f.exitcode for f in exc.failures.values()})
         if codes == [130]:
             raise TrainingStopped("the ranks stopped on SIGINT (see above)", exit_code=130) from None
-        ranks = ", ".join(f"rank {f.global_rank}: exit {f.exitcode}" for f in exc.failures.values())
+        ranks = ", ".join(f"rank {rank}: exit {f.exitcode}" for rank, f in sorted(exc.failures.items()))
         raise TrainingStopped(f"torchrun: {ranks} (see the ranks' messages above)", exit_code=1) from None
     return 0

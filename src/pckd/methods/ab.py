@@ -124,7 +124,7 @@ class AB(TeacherDistiller):
             per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
             return StepOutput(logits=s.logits, losses={"ab_init": torch.stack(per_stage).sum()}, stats=stats)
         losses = {"ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels)}
-        stats: dict[str, Tensor] = {}
+        stats = {}
         if p.ab_weight > 0:
             per_stage, stats = self._ab_terms(s.stages[1:], t.stages[1:])
             losses["ab"] = p.ab_weight * torch.stack(per_stage).sum()

@@ -9,7 +9,7 @@ whole step. See docs/architecture.md for the whole contract.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from pckd.data.batch import Batch
 from pckd.data.info import DataInfo
 from pckd.methods.weighting import SampleWeighting, WeightingParams
-from pckd.models.interface import FeatureOutput
+from pckd.models.interface import FeatureModel, FeatureOutput
 from pckd.params import set_section
 
 
@@ -107,8 +107,11 @@ class Distiller(nn.Module):
     def teacher_features(self, x: Tensor) -> FeatureOutput:
         """Teacher forward without autograd; outputs are plain tensors usable in the student's loss graph."""
         with torch.no_grad():
-            out: FeatureOutput = self.require_teacher().forward_features(x)
-        return out
+            return cast(FeatureModel, self.require_teacher()).forward_features(x)
+
+    def student_features(self, x: Tensor) -> FeatureOutput:
+        """Student forward through the features interface: stage outputs, pooled feature and logits."""
+        return cast(FeatureModel, self.student).forward_features(x)
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)
@@ -135,7 +138,7 @@ class Distiller(nn.Module):
         """(student features, teacher features) on one standard training view of the batch."""
         x = batch.augment.standard(batch.images)
         teacher_out = self.teacher_features(x)
-        return self.student.forward_features(x), teacher_out
+        return self.student_features(x), teacher_out
 
     @staticmethod
     def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:

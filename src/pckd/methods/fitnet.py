@@ -91,7 +91,7 @@ class FitNet(TeacherDistiller):
         p = self.params
         x = batch.augment.standard(batch.images)
         hint = self.teacher_features(x).stages[p.hint_layer]  # teacher first: keeps peak memory low
-        feats_s = self.student.forward_features(x)
+        feats_s = self.student_features(x)
         guided = self.regressor(feats_s.stages[p.hint_layer])
         losses = {
             "ce": p.ce_weight * self.cross_entropy(feats_s.logits, batch.labels),

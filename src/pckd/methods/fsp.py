@@ -87,7 +87,7 @@ class FSP(TeacherDistiller):
             loss, stats = self._fsp_terms(s.stages, t.stages)
             return StepOutput(logits=s.logits, losses={"fsp_init": loss}, stats=stats)
         losses = {"ce": p.ce_weight * self.cross_entropy(s.logits, batch.labels)}
-        stats: dict[str, Tensor] = {}
+        stats = {}
         if p.fsp_weight > 0:
             loss, stats = self._fsp_terms(s.stages, t.stages)
             losses["fsp"] = p.fsp_weight * loss

@@ -141,7 +141,7 @@ class FT(TeacherDistiller):
                 logits = self.student(x)
             loss = reconstruction_loss(self.paraphraser(f_t), f_t)
             return StepOutput(logits=logits, losses={"ft_init": loss})
-        s = self.student.forward_features(x)
+        s = self.student_features(x)
         with torch.no_grad():  # the paraphraser is frozen after the init stage
             factor_t = self.paraphraser.encode(f_t)
         factor_s = self.translator(s.stages[-1])

@@ -28,6 +28,7 @@ from pckd.distributed import all_gather_cat
 from pckd.errors import UserError
 from pckd.methods.base import Distiller, StepOutput, register_method
 from pckd.methods.precision import no_autocast
+from pckd.models.interface import feature_dim
 from pckd.params import Choice, Settings, hp
 
 
@@ -199,7 +200,7 @@ class IntraClass(Distiller):
         self, student: nn.Module, teacher: nn.Module | None, params: IntraClassParams, data: DataInfo
     ) -> None:
         super().__init__(student, teacher, params, data)
-        queue = ClassQueue(data.num_classes, int(params.queue_size), int(student.penultimate_dim))
+        queue = ClassQueue(data.num_classes, int(params.queue_size), feature_dim(student))
         # Kept out of the module tree (like the teacher): the queue is identical on every rank by construction
         # (it is fed gathered features), so DDP's per-step buffer broadcast would only waste bandwidth. It is
         # checkpointed through method_state() and moved by _apply().
@@ -209,7 +210,7 @@ class IntraClass(Distiller):
     def queue(self) -> ClassQueue:
         return self.__dict__["_queue"]
 
-    def _apply(self, fn: Callable, recurse: bool = True):
+    def _apply(self, fn: Callable, recurse: bool = True) -> "IntraClass":
         super()._apply(fn, recurse)
         self.queue._apply(fn, recurse)
         return self
@@ -218,7 +219,7 @@ class IntraClass(Distiller):
         p = self.params
         b = batch.size
         x = torch.cat([batch.augment.standard(batch.images), batch.augment.standard(batch.images)])
-        out = self.student.forward_features(x)  # one forward over both views
+        out = self.student_features(x)  # one forward over both views
         logits1, logits2 = out.logits.float().chunk(2)
         labels = batch.labels
         ce = 0.5 * (F.cross_entropy(logits1, labels) + F.cross_entropy(logits2, labels))

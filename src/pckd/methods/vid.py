@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +27,7 @@ from pckd.params import Settings, hp
 # ---- pure functions -------------------------------------------------------------------------------------
 def match_spatial(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
     """Average-pool whichever of two [B, C, H, W] maps is taller to the other's spatial size (RepDistiller)."""
-    s_size, t_size = tuple(student.shape[2:]), tuple(teacher.shape[2:])
+    s_size, t_size = (int(student.shape[2]), int(student.shape[3])), (int(teacher.shape[2]), int(teacher.shape[3]))
     if student.shape[2] > teacher.shape[2]:
         student = F.adaptive_avg_pool2d(student, t_size)
     elif student.shape[2] < teacher.shape[2]:
@@ -124,5 +125,5 @@ class VID(TeacherDistiller):
         if p.kd_weight > 0:
             losses["kd"] = p.kd_weight * kd_loss(s.logits, t.logits, p.temperature)
         stats = {f"vid_stage{k + 1}": v.detach() for k, v in enumerate(per_stage)}
-        stats["vid_var_mean"] = torch.cat([h.variance() for h in self.heads]).mean().detach()
+        stats["vid_var_mean"] = torch.cat([cast(VIDHead, h).variance() for h in self.heads]).mean().detach()
         return StepOutput(logits=s.logits, losses=losses, stats=stats)

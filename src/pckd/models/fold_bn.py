@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+from pckd.models.interface import FeatureModel
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -39,14 +42,14 @@ def _conv_bn_pairs(model: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
     fed_by: dict[str, list[str | None]] = {}  # bn name -> the conv that produced its input, per call
     handles = []
 
-    def conv_hook(name: str):
+    def conv_hook(name: str) -> Callable[[nn.Module, tuple, Tensor], None]:
         def hook(_m: nn.Module, _inp: tuple, out: Tensor) -> None:
             conv_calls[name] = conv_calls.get(name, 0) + 1
             produced_by[id(out)] = name
             keep.append(out)
         return hook
 
-    def bn_hook(name: str):
+    def bn_hook(name: str) -> Callable[[nn.Module, tuple], None]:
         def hook(_m: nn.Module, inp: tuple) -> None:
             fed_by.setdefault(name, []).append(produced_by.get(id(inp[0])))
         return hook
@@ -58,7 +61,7 @@ def _conv_bn_pairs(model: nn.Module, probe: Tensor) -> list[tuple[str, str]]:
             handles.append(module.register_forward_pre_hook(bn_hook(name)))
     try:
         with torch.no_grad():
-            model.forward_features(probe)
+            cast(FeatureModel, model).forward_features(probe)
     finally:
         for handle in handles:
             handle.remove()
@@ -78,15 +81,16 @@ def _max_rel_diff(a: list[Tensor], b: list[Tensor]) -> float:
 
 def _outputs(model: nn.Module, probe: Tensor) -> list[Tensor]:
     with torch.no_grad():
-        out = model.forward_features(probe)
+        out = cast(FeatureModel, model).forward_features(probe)
     return [*out.stages, out.pooled, out.logits]
 
 
 def _fold_pair(model: nn.Module, conv_name: str, bn_name: str) -> tuple[Tensor, Tensor | None, nn.Module]:
     """Fold one pair in place; returns what :func:`_unfold_pair` needs to undo it."""
-    conv = model.get_submodule(conv_name)
-    bn = model.get_submodule(bn_name)
+    conv = cast(nn.Conv2d, model.get_submodule(conv_name))
+    bn = cast(nn.BatchNorm2d, model.get_submodule(bn_name))
     old = (conv.weight, conv.bias, bn)
+    assert bn.running_mean is not None and bn.running_var is not None  # folding needs tracked statistics
     conv.weight, conv.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
                                                   bn.weight, bn.bias)
     _set_submodule(model, bn_name, nn.Identity())

@@ -6,7 +6,7 @@ Zoo models implement it natively; torchvision/timm/user models get it through
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +41,14 @@ class FeatureModel(Protocol):
     def penultimate_dim(self) -> int: ...
 
 
-def centres(model: FeatureModel, detach: bool = False) -> tuple[Tensor, Tensor | None]:
-    """Category centres (classifier weight [K, d]) and bias [K] of a model."""
-    layer = model.classifier_layer
+def feature_dim(model: nn.Module) -> int:
+    """The width of a feature model's pooled (penultimate) feature."""
+    return int(cast(FeatureModel, model).penultimate_dim)
+
+
+def centres(model: nn.Module, detach: bool = False) -> tuple[Tensor, Tensor | None]:
+    """Category centres (classifier weight [K, d]) and bias [K] of a feature model."""
+    layer = cast(FeatureModel, model).classifier_layer
     w, b = layer.weight, layer.bias
     if detach:
         return w.detach(), (b.detach() if b is not None else None)
@@ -65,7 +70,7 @@ def feature_shapes(model: nn.Module, input_size: int | None = None) -> FeatureSh
     eval mode without autograd (its BatchNorm statistics are not touched) and its mode is restored; the random
     images come from a private generator, so the global RNG (and hence a seeded run) is not disturbed.
     """
-    side = int(input_size or getattr(model, "input_size", 224))
+    side = int(input_size or getattr(model, "input_size", None) or 224)
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     probe = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0)).to(device)
@@ -73,10 +78,10 @@ def feature_shapes(model: nn.Module, input_size: int | None = None) -> FeatureSh
     model.eval()
     try:
         with torch.no_grad():
-            out = model.forward_features(probe)
+            out = cast(FeatureModel, model).forward_features(probe)
     finally:
         model.train(was_training)
     return FeatureShapes([tuple(s.shape[1:]) for s in out.stages], int(out.pooled.shape[1]), int(out.logits.shape[1]))
 
 
-__all__ = ["FeatureOutput", "FeatureModel", "FeatureShapes", "centres", "feature_shapes", "torch"]
+__all__ = ["FeatureModel", "FeatureOutput", "FeatureShapes", "centres", "feature_dim", "feature_shapes"]

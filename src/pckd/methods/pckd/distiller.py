@@ -36,7 +36,7 @@ from pckd.methods.weighting import (
     difficulty,
     true_class_probability,
 )
-from pckd.models.interface import centres
+from pckd.models.interface import centres, feature_dim
 
 
 def feature_mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -65,8 +65,8 @@ class PCKD(Distiller):
         if teacher is None and p.distills:
             used = next(k for k in ("kd_weight", "ccc_weight", "fa_weight", "ca_weight") if getattr(p, k) > 0)
             raise UserError(f"method pckd needs a teacher for pckd.{used}: set teacher.arch (and teacher.checkpoint)")
-        d_s = int(student.penultimate_dim)
-        d_t = int(teacher.penultimate_dim) if teacher is not None else d_s
+        d_s = feature_dim(student)
+        d_t = feature_dim(teacher) if teacher is not None else d_s
         self.weighting = SampleWeighting(p.preview.mode, p.gamma, p.preview.detach, p.preview.focal_power)
         self.fa_head = feature_mlp(d_s, p.mlp_hidden_mult * d_t, d_t) if p.fa_weight > 0 else None
         if p.ccc_weight > 0:
@@ -117,7 +117,7 @@ class PCKD(Distiller):
         need_teacher_forward = p.kd_weight > 0 or p.fa_weight > 0
         # Teacher first (see Distiller.logits_of_standard_view).
         out_t = self.teacher_features(views) if need_teacher_forward else None
-        out_s = self.student.forward_features(views)
+        out_s = self.student_features(views)
 
         logits = out_s.logits[::n_rot]  # unrotated copies (j = 0)
         ce_i = F.cross_entropy(as_float(logits), labels, reduction="none")  # float64 stays float64

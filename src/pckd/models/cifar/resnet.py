@@ -5,6 +5,8 @@ Three stages at 32/16/8 pixels; parameter names follow RepDistiller's ``resnet.p
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -71,7 +73,7 @@ class CifarResNet(CifarNet):
         return FeatureOutput(stages, pooled, self.fc(pooled))
 
 
-def _make(depth: int, widths: list[int]):
+def _make(depth: int, widths: list[int]) -> Callable[..., nn.Module]:
     def build(num_classes: int = 100) -> CifarResNet:
         return CifarResNet(depth, widths, num_classes)
 

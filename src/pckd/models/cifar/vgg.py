@@ -6,6 +6,8 @@ five conv blocks ``block0..block4``; each block ends without ReLU so the pre-act
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -58,7 +60,7 @@ class CifarVGG(CifarNet):
         return FeatureOutput(stages, pooled, self.classifier(pooled))
 
 
-def _make(name: str):
+def _make(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int = 100) -> CifarVGG:
         return CifarVGG(CONFIGS[name], num_classes)
 

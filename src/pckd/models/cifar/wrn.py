@@ -6,6 +6,8 @@ stem and stage features are the raw (pre-activation) block outputs; the final bn
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -79,7 +81,7 @@ class WideResNet(CifarNet):
         return FeatureOutput(stages, pooled, self.fc(pooled))
 
 
-def _make(depth: int, widen_factor: int):
+def _make(depth: int, widen_factor: int) -> Callable[..., nn.Module]:
     def build(num_classes: int = 100, drop_rate: float = 0.0) -> WideResNet:
         return WideResNet(depth, widen_factor, num_classes, drop_rate)
 
