@@ -15,13 +15,15 @@ import json
 import math
 import re
 import statistics
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from pckd.errors import UserError
+from pckd.errors import PckdWarning, UserError
 from pckd.report.collect import RunRecord, collect_runs
 
 
@@ -53,6 +55,17 @@ class Curve:
     label: str
     dataset: str
     points: list[Point]
+
+    def notes(self) -> list[str]:
+        """What a reader must know: a seed that two runs of one point share (copies of a run count twice)."""
+        out = []
+        for point in self.points:
+            seeds = [r.seed for r in point.runs if r.seed is not None]
+            repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+            if repeated:
+                out.append(f"{self.label}, {_show_value(point.value)}: seed(s) {', '.join(map(str, repeated))} used "
+                           f"by more than one run (copies of one run count twice)")
+        return out
 
 
 def _config_value(run: RunRecord, key: str) -> tuple[bool, Any]:
@@ -208,6 +221,7 @@ def plot_sensitivity(curves: list[Curve], key: str, metric: str, path: Path) -> 
         margin = max(0.25, 0.15 * (high - low))  # never zoom into noise
         ax.set_ylim(low - margin, high + margin)
         ax.set(title=f"{curve.label} ({seeds})", xlabel=key, ylabel=f"test top-1 (%), {which}")
+        ax.margins(x=0.08)  # room for the n= labels at the ends
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(curves):]:
         ax.set_visible(False)
@@ -251,6 +265,9 @@ def write_sensitivity(paths: list[Path], out_dir: Path, key: str, metric: str = 
     out_dir = Path(out_dir)
     runs = collect_runs([Path(p) for p in paths], on_problem=lambda message: None)  # the report warned already
     curves = sensitivity_curves(runs, key, metric)
+    for curve in curves:
+        for note in curve.notes():
+            warnings.warn(PckdWarning(note), stacklevel=2)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"sensitivity_{_slug(key)}"
     png = plot_sensitivity(curves, key, metric, out_dir / f"{stem}.png")

@@ -7,9 +7,9 @@ import os
 import shlex
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from pckd.errors import PckdWarning
 from pckd.sweep.plan import Plan, PlannedRun, check_plan, plan_sweep
@@ -117,8 +117,8 @@ def _warn(message: str) -> None:
 
 def sweep_command(spec_path: str | Path, options: SweepOptions, dry_run: bool = False, retry_failed: bool = False,
                   echo: Echo = print, cluster: str = "slurm") -> int:
-    """Run (or with ``dry_run`` print) the sweep; returns the exit code: 0 when every run is done (or, with the
-    slurm executor, submitted), 1 when some are not, 130 after Ctrl-C."""
+    """Run (or with ``dry_run`` print) the sweep; returns the exit code: 0 when every run is done, running or
+    queued (with the slurm executor: submitted), 1 when some failed or stopped unfinished, 130 after Ctrl-C."""
     plan = load_plan(spec_path, options)
     check_plan(plan, warn=_warn)
     found = statuses(plan)
@@ -134,9 +134,11 @@ def sweep_command(spec_path: str | Path, options: SweepOptions, dry_run: bool = 
     todo = [run for run in plan.runs if found[run.label].launchable()]
     echo(f"{_counts(found)}; starting {len(todo)}")
     if not todo:
-        done = all(s.state == "done" for s in found.values())
-        echo("nothing to start" + ("" if done else "; see: pckd sweep status " + str(spec_path)))
-        return 0 if done else 1
+        failed = any(s.state == "failed" for s in found.values())
+        busy = sum(s.state in ("running", "queued") for s in found.values())
+        echo("nothing to start" + (f" ({busy} running or queued)" if busy else "")
+             + (f"; failed runs: see pckd sweep status {spec_path}" if failed else ""))
+        return 1 if failed else 0
     spec = plan.spec
     if spec.executor == "slurm":
         from pckd.sweep.slurm import submit_slurm
@@ -146,13 +148,13 @@ def sweep_command(spec_path: str | Path, options: SweepOptions, dry_run: bool = 
         return 0
     from pckd.sweep.local import run_local
 
-    outcomes, stopped_by = run_local(todo, spec.local, spec.retries, echo)
+    _, stopped_by = run_local(todo, spec.local, spec.retries, echo)
     final = statuses(plan)
     echo(f"sweep {spec.name}: {_counts(final)}")
     if stopped_by is not None:
         echo(f"stopped by {stopped_by}; run the same command again to continue")
         return 130 if stopped_by == "SIGINT" else 0
-    if any(s.state != "done" for s in final.values()):
+    if any(s.state not in ("done", "running", "queued") for s in final.values()):
         echo(f"not every run is done; see: pckd sweep status {spec_path}")
         return 1
     return 0

@@ -9,13 +9,20 @@ import os
 import queue
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from pckd.sweep.plan import PlannedRun
-from pckd.sweep.runner import Command, Outcome, StopRequest, default_command, execute_run
+from pckd.sweep.runner import (
+    Command,
+    Outcome,
+    StopRequest,
+    default_command,
+    execute_run,
+)
 from pckd.sweep.spec import LocalOptions
 
 Echo = Callable[[str], None]
@@ -31,7 +38,7 @@ def visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # no usable CUDA runtime: CPU only
+    except (ImportError, RuntimeError):  # no torch or no usable CUDA runtime: CPU only
         return []
 
 
@@ -97,7 +104,8 @@ def run_local(runs: list[PlannedRun], options: LocalOptions, retries: int, echo:
                disable=not sys.stderr.isatty())  # in a log file the per-run lines tell the progress
 
     def say(line: str) -> None:
-        bar.write(line)
+        with tqdm.external_write_mode():  # keep the bar intact around the line
+            echo(line)
 
     def task(run: PlannedRun) -> Outcome:
         if stop.requested is not None:

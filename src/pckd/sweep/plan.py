@@ -9,11 +9,11 @@ from __future__ import annotations
 import glob
 import itertools
 import os
-import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pckd.errors import UserError
 from pckd.sweep.naming import config_id, override_strings, run_leaf
@@ -49,12 +49,14 @@ class PlannedRun:
         return ["train", self.config, *override_strings(self.overrides), f"train.seed={self.seed}",
                 f"output_dir={self.folder}", *extra]
 
-    def command(self, mode: str = "fresh", gpus: int = 1) -> list[str]:
-        """The full command line (this Python); with ``gpus`` > 1 under torchrun on one node."""
+    def command(self, mode: str = "fresh", gpus: int = 1, python: list[str] | None = None) -> list[str]:
+        """The full command line: ``python -m pckd train ...`` (``python``: the interpreter command, this one by
+        default); with ``gpus`` > 1 under torchrun on one node."""
+        python = list(python) if python else [sys.executable]
         if gpus > 1:
-            return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+            return [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
                     "-m", "pckd", *self.train_args(mode)]
-        return [sys.executable, "-m", "pckd", *self.train_args(mode)]
+        return [*python, "-m", "pckd", *self.train_args(mode)]
 
 
 @dataclass
@@ -75,11 +77,29 @@ class Plan:
 
 def expand_braces(pattern: str) -> list[str]:
     """``a/{kd,dkd}/{x,y}.yaml`` -> the four patterns (shell-style alternatives, nesting allowed)."""
-    match = re.search(r"\{([^{}]*)\}", pattern)
-    if match is None:
+    open_at = pattern.find("{")
+    if open_at < 0:
         return [pattern]
-    head, tail = pattern[: match.start()], pattern[match.end():]
-    return [out for option in match.group(1).split(",") for out in expand_braces(head + option + tail)]
+    depth, options, start = 0, [], open_at + 1
+    for i in range(open_at, len(pattern)):
+        char = pattern[i]
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                options.append(pattern[start:i])
+                head, tail = pattern[:open_at], pattern[i + 1:]
+                out: list[str] = []
+                for option in options:
+                    for expanded in expand_braces(head + option + tail):
+                        if expanded not in out:
+                            out.append(expanded)
+                return out
+        elif char == "," and depth == 1:
+            options.append(pattern[start:i])
+            start = i + 1
+    return [pattern]  # an unclosed brace is a literal character, as in a shell
 
 
 def _glob(pattern: str, cwd: Path) -> list[str]:

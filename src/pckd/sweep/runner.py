@@ -11,16 +11,16 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from pckd.sweep.plan import PlannedRun
 from pckd.sweep.state import (
     BAD_INPUT,
     LOG_FILE,
     RunLock,
-    attempt_record,
+    AttemptRecord,
     has_checkpoint,
     holds_run_files,
     is_failure,
@@ -157,14 +157,14 @@ def execute_run(run: PlannedRun, env: dict[str, str], retries: int, stop: StopRe
             mode = choose_mode(run_dir)
             argv = command(run, mode)
             where = f"slurm job {slurm_job}" if slurm_job else ""
-            with attempt_record(run_dir, mode, argv, slurm_job) as attempt:
+            with AttemptRecord(run_dir, mode, argv, slurm_job) as attempt:
                 _log_header(run_dir / LOG_FILE, attempt["n"], mode, argv, where)
                 made += 1
                 with open(run_dir / LOG_FILE, "ab") as log:
                     proc = subprocess.Popen(argv, cwd=run.cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             pass_fds=(lock.fd,) if lock.fd is not None else ())
-                attempt["pid"] = proc.pid
+                attempt.started(proc.pid)
                 stop.add(proc)
                 if on_start is not None:
                     on_start(run, mode, attempt["n"])

@@ -13,8 +13,9 @@ submitit is an optional dependency (``pip install 'pckd[slurm]'``); nothing else
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pckd.errors import UserError
 from pckd.sweep.plan import PlannedRun
@@ -41,8 +42,10 @@ class SweepJob:
     ``__call__`` and ``checkpoint``.
     """
 
-    def __init__(self, run: PlannedRun, retries: int, threads: int, gpus: int, grace_s: float) -> None:
+    def __init__(self, run: PlannedRun, retries: int, threads: int, gpus: int, grace_s: float,
+                 python: list[str] | None = None) -> None:
         self.run = run
+        self.python = python  # the interpreter command of the trainings (default: the one running the job)
         self.retries = retries
         self.threads = threads
         self.gpus = gpus
@@ -58,9 +61,8 @@ class SweepJob:
         try:
             import submitit
 
-            env = submitit.JobEnvironment()
-            return str(env.job_id)
-        except Exception:  # not inside a submitit job (called directly)
+            return str(submitit.JobEnvironment().job_id)
+        except (ImportError, RuntimeError, KeyError):  # not inside a submitit job (called directly)
             return None
 
     def __call__(self) -> dict[str, Any]:
@@ -69,7 +71,7 @@ class SweepJob:
                "PYTHONUNBUFFERED": "1"}
         self._stop = StopRequest()
         outcome: Outcome = execute_run(self.run, env, self.retries, self._stop,
-                                       command=lambda run, mode: run.command(mode, gpus=self.gpus),
+                                       command=lambda run, mode: run.command(mode, self.gpus, self.python),
                                        slurm_job=self._job_id())
         return {"run": self.run.label, "state": outcome.state, "exit_code": outcome.exit_code,
                 "attempts": outcome.attempts}
@@ -87,7 +89,8 @@ class SweepJob:
 
         if summary_complete(self.run.run_dir) is not None:
             return None
-        return DelayedSubmission(SweepJob(self.run, self.retries, self.threads, self.gpus, self.grace_s))
+        return DelayedSubmission(SweepJob(self.run, self.retries, self.threads, self.gpus, self.grace_s,
+                                          self.python))
 
 
 def executor_parameters(options: SlurmOptions, name: str) -> dict[str, Any]:

@@ -18,7 +18,6 @@ A run's state, in the order it is decided:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import json
@@ -28,7 +27,7 @@ import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 try:
     import fcntl
@@ -168,7 +167,7 @@ def live_slurm_jobs(job_ids: list[str]) -> set[str] | None:
         return None
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted(set(job_ids)))],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0 and "Invalid job id" not in out.stderr:
@@ -226,11 +225,10 @@ def run_status(run_dir: Path, retries: int, live_jobs: set[str] | None = None) -
     if lock_held(run_dir):
         return RunStatus("running", failures, attempts, detail=_where(state))
     job = state.get("slurm_job")
-    if state.get("phase") in ("submitted", "running") and job:
-        if live_jobs is None or job in live_jobs:
-            queued = state.get("phase") == "submitted"
-            note = f"slurm job {job}" + ("" if live_jobs is not None else ", as recorded")
-            return RunStatus("queued" if queued else "running", failures, attempts, detail=note)
+    if state.get("phase") in ("submitted", "running") and job and (live_jobs is None or job in live_jobs):
+        queued = state.get("phase") == "submitted"
+        note = f"slurm job {job}" + ("" if live_jobs is not None else ", as recorded")
+        return RunStatus("queued" if queued else "running", failures, attempts, detail=note)
     last = state["attempts"][-1] if state["attempts"] else None
     if last is not None and is_failure(last.get("exit_code")):
         return RunStatus("failed", failures, attempts, given_up=failures > retries,
@@ -247,30 +245,44 @@ def _where(state: dict[str, Any]) -> str:
     return ", ".join(w for w in where if w)
 
 
-@contextlib.contextmanager
-def attempt_record(run_dir: Path, mode: str, command: list[str], slurm_job: str | None = None) -> Iterator[dict[str, Any]]:
-    """Record an attempt: its start now, its end (exit code, failure count) when the block leaves, even through
-    an exception (then with exit code None: not counted as a failure). The yielded dict takes ``pid`` and
-    ``exit_code``."""
-    state = read_state(run_dir)
-    attempt: dict[str, Any] = {"n": len(state["attempts"]) + 1, "mode": mode, "start": now(),
-                               "host": socket.gethostname(), "sweep_pid": os.getpid(), "command": command,
-                               "exit_code": None}
-    if slurm_job:
-        attempt["slurm_job"] = slurm_job
-    state["attempts"].append(attempt)
-    state["phase"] = "running"
-    if slurm_job:
-        state["slurm_job"] = slurm_job
-    write_state(run_dir, state)
-    try:
-        yield attempt
-    finally:
-        attempt["end"] = now()
-        if is_failure(attempt.get("exit_code")):
-            state["failures"] = int(state.get("failures", 0)) + 1
-        state["phase"] = "exited"
-        write_state(run_dir, state)
+class AttemptRecord:
+    """Record an attempt: its start at entry, its process id once known (:meth:`started`), its end (exit code,
+    failure count) at exit, even through an exception (then with exit code None: not counted as a failure).
+    Set ``attempt["exit_code"]`` before leaving the block."""
+
+    def __init__(self, run_dir: Path, mode: str, command: list[str], slurm_job: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.state = read_state(run_dir)
+        self.attempt: dict[str, Any] = {
+            "n": len(self.state["attempts"]) + 1, "mode": mode, "start": now(), "host": socket.gethostname(),
+            "sweep_pid": os.getpid(), "command": command, "exit_code": None}
+        if slurm_job:
+            self.attempt["slurm_job"] = slurm_job
+            self.state["slurm_job"] = slurm_job
+
+    def __enter__(self) -> AttemptRecord:
+        self.state["attempts"].append(self.attempt)
+        self.state["phase"] = "running"
+        write_state(self.run_dir, self.state)
+        return self
+
+    def __getitem__(self, key: str) -> Any:
+        return self.attempt[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.attempt[key] = value
+
+    def started(self, pid: int) -> None:
+        """Record the training's process id (``status`` shows it; tests signal it)."""
+        self.attempt["pid"] = pid
+        write_state(self.run_dir, self.state)
+
+    def __exit__(self, *exc: object) -> None:
+        self.attempt["end"] = now()
+        if is_failure(self.attempt.get("exit_code")):
+            self.state["failures"] = int(self.state.get("failures", 0)) + 1
+        self.state["phase"] = "exited"
+        write_state(self.run_dir, self.state)
 
 
 def mark_submitted(run_dir: Path, job_id: str, log_folder: str) -> None:
