@@ -19,8 +19,8 @@ from pckd.sweep.plan import PlannedRun
 from pckd.sweep.state import (
     BAD_INPUT,
     LOG_FILE,
-    RunLock,
     AttemptRecord,
+    RunLock,
     has_checkpoint,
     holds_run_files,
     is_failure,
@@ -175,15 +175,15 @@ def execute_run(run: PlannedRun, env: dict[str, str], retries: int, stop: StopRe
                         _wait_after_interrupt(proc)
                     code: int | None = proc.returncode
                     stop.discard(proc)
-                    if stop.requested is not None and is_failure(code) and code < 0:
-                        code = None  # killed by this sweep's own second Ctrl-C: not the run's failure
                     attempt["exit_code"] = code
+                    if stop.requested is not None:  # asked to stop (Ctrl-C, preemption): not the run's failure
+                        attempt["stopped_by"] = stop.requested
             if summary_complete(run_dir) is not None:
                 return Outcome(run, "done", code, made)
-            if code is None or not is_failure(code):
+            if stop.requested is not None or not is_failure(code):
                 return Outcome(run, "stopped", code, made, detail="checkpointed" if has_checkpoint(run_dir) else "")
             failures += 1
-            if stop.requested is not None or code == BAD_INPUT or failures > retries:
+            if code == BAD_INPUT or failures > retries:
                 return Outcome(run, "failed", code, made)
     finally:
         lock.release()

@@ -84,6 +84,12 @@ def is_failure(code: int | None) -> bool:
     return code is not None and code not in (0, INTERRUPTED)
 
 
+def attempt_failed(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt counts as a failure: its exit code says so and the stop was not asked for (a stop
+    this sweep or Slurm asked for ends torchrun with exit 1 even though every rank saved its checkpoint)."""
+    return is_failure(attempt.get("exit_code")) and not attempt.get("stopped_by")
+
+
 def summary_complete(run_dir: Path) -> dict[str, Any] | None:
     """The run's summary when ``summary.json`` is a complete record of a finished run, else None."""
     try:
@@ -230,7 +236,7 @@ def run_status(run_dir: Path, retries: int, live_jobs: set[str] | None = None) -
         note = f"slurm job {job}" + ("" if live_jobs is not None else ", as recorded")
         return RunStatus("queued" if queued else "running", failures, attempts, detail=note)
     last = state["attempts"][-1] if state["attempts"] else None
-    if last is not None and is_failure(last.get("exit_code")):
+    if last is not None and attempt_failed(last):
         return RunStatus("failed", failures, attempts, given_up=failures > retries,
                          detail=last_error_line(run_dir) or f"exit code {last.get('exit_code')}")
     if has_checkpoint(run_dir):
@@ -279,7 +285,7 @@ class AttemptRecord:
 
     def __exit__(self, *exc: object) -> None:
         self.attempt["end"] = now()
-        if is_failure(self.attempt.get("exit_code")):
+        if attempt_failed(self.attempt):
             self.state["failures"] = int(self.state.get("failures", 0)) + 1
         self.state["phase"] = "exited"
         write_state(self.run_dir, self.state)
