@@ -143,3 +143,12 @@ def test_fig5_grid_runs_the_default_point_once(monkeypatch: pytest.MonkeyPatch) 
         ((key, value),) = point.items()
         default = defaults[key]
         assert value not in (default if isinstance(default, tuple) else (default,))
+
+
+def test_local_sweeps_do_not_need_submitit(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit now raises ImportError
+    spec = write_spec(workdir, "configs: [configs/tiny.yaml]\n")
+    assert sweep_command(spec, SweepOptions(), dry_run=True, echo=lambda line: None) == 0
+    with pytest.raises(UserError, match=r"the slurm executor needs submitit; install it with pip install "
+                                        r"'pckd\[slurm\]'"):
+        sweep_command(spec, SweepOptions(executor="slurm"), echo=lambda line: None)
