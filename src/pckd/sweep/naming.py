@@ -2,10 +2,10 @@
 
 ``<output_root>/<config id>/seed<N>[-<key=value>...-<hash>]``. The config id is the config's path relative to
 the current directory without ``.yaml`` (and without a leading ``configs/``), so the folder tree mirrors
-configs/. The last part holds the seed, then every override in short form (last key component), then the
-first 8 hex digits of the SHA-256 of all overrides in canonical form: the readable part may be cut to keep
-names short, the hash never is. A run without overrides is plain ``seed<N>``; a name with overrides always
-ends in a hash, so the two kinds never meet.
+configs/. The last part holds the seed, then the overrides in short form (last key component) while they fit
+in READABLE_LIMIT characters, then the first 8 hex digits of the SHA-256 of all overrides in canonical form:
+the readable part may leave overrides out to keep names short, the hash never does. A run without overrides is
+plain ``seed<N>``; a name with overrides always ends in a hash, so the two kinds never meet.
 """
 
 from __future__ import annotations
@@ -62,14 +62,28 @@ def config_id(config: Path, cwd: Path) -> str:
     return "/".join(_UNSAFE.sub("_", part) for part in parts)
 
 
+def _short(key: str, value: Any) -> str:
+    """``pckd.fa_weight``, 10 -> ``fa_weight=10``; a path keeps only its last part (``data.root=/a/b`` ->
+    ``root=b``); characters unsafe in folder names become ``_``."""
+    text = format_value(value).replace("'", "")
+    if isinstance(value, str) and "/" in value.rstrip("/"):
+        text = value.rstrip("/").rsplit("/", 1)[-1]
+    item = f"{key.rsplit('.', 1)[-1]}={text}"
+    return _UNSAFE.sub("_", item).replace("=_", "=").strip("_")
+
+
 def run_leaf(seed: int, overrides: dict[str, Any]) -> str:
-    """The last folder of a run: ``seed0`` or ``seed0-fa_weight=10-1a2b3c4d``."""
+    """The last folder of a run: ``seed0`` or ``seed0-fa_weight=10-1a2b3c4d``. The readable part keeps whole
+    overrides while they fit in READABLE_LIMIT characters (the first one is cut if it alone is longer)."""
     if not overrides:
         return f"seed{seed}"
-    shown = (f"{key.rsplit('.', 1)[-1]}={format_value(overrides[key]).replace(chr(39), '')}" for key in sorted(overrides))
-    readable = "-".join(_UNSAFE.sub("_", item).replace("=_", "=").strip("_") for item in shown)
-    if len(readable) > READABLE_LIMIT:
-        readable = readable[:READABLE_LIMIT].rstrip("-_")
+    items = [_short(key, overrides[key]) for key in sorted(overrides)]
+    kept: list[str] = []
+    for item in items:
+        if len("-".join([*kept, item])) > READABLE_LIMIT:
+            break
+        kept.append(item)
+    readable = "-".join(kept) if kept else items[0][:READABLE_LIMIT].rstrip("-_=")
     return f"seed{seed}-{readable}-{overrides_hash(overrides)}"
 
 
