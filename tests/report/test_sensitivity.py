@@ -83,10 +83,10 @@ def test_last_epoch_metric(runs: list) -> None:
 
 
 def test_keys_without_a_curve_are_one_line(runs: list) -> None:
-    with pytest.raises(UserError, match="no run's config.yaml has the key 'pckd.fa_wieght'.*keys that vary across "
-                                        "these runs: pckd.ccc_weight, pckd.fa_weight"):
+    with pytest.raises(UserError, match=r"no run's config\.yaml has the key 'pckd\.fa_wieght'.*keys that vary across "
+                                        r"these runs: pckd\.ccc_weight, pckd\.fa_weight"):
         sensitivity_curves(runs, "pckd.fa_wieght")
-    with pytest.raises(UserError, match="no two finished runs differ only in 'train.lr'"):
+    with pytest.raises(UserError, match=r"no two finished runs differ only in 'train\.lr'"):
         sensitivity_curves(runs, "train.lr")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from pckd.config import parse_overrides
+from pckd.config import load_config, parse_overrides
+from pckd.config.yaml_source import Plain
 from pckd.sweep.naming import (
     config_id,
     format_value,
@@ -43,10 +44,16 @@ def test_names_do_not_depend_on_key_order_and_values_read_back() -> None:
     b = dict(reversed(list(a.items())))
     assert run_leaf(0, a) == run_leaf(0, b)
     values = [10, 10.0, 0.05, 1e-5, "off", "preview", True, None, [150, 180], {"mode": "off"}, "a b", "x=y"]
-    for value in values:  # what pckd train parses from key=<text> is the value itself
+    for value in values:  # a value (not text) comes back as itself
         text = format_value(value)
         assert parse_overrides([f"k={text}"])["k"] == value, (value, text)
         assert yaml.safe_load(text) == value
+    # Text from a spec or the command line stays as written: it means what it means in a config file.
+    assert [format_value(Plain(t)) for t in ("off", "10", "1e-3")] == ["off", "10", "1e-3"]
+    assert format_value([Plain("150"), Plain("180")]) == "[150, 180]"
+    cfg = load_config(None, ["method=pckd", f"pckd.preview.mode={format_value(Plain('off'))}",
+                             f"train.milestones={format_value([Plain('5'), Plain('8')])}"])
+    assert cfg.pckd.preview.mode == "off" and cfg.train.milestones == [5, 8]
 
 
 def test_distinct_runs_get_distinct_folders() -> None:

@@ -28,12 +28,12 @@ def test_plan_is_seeds_x_configs_x_grid_points_in_order(workdir: Path) -> None:
     """)
     plan = plan_sweep(load_spec(spec))
     assert plan.configs == ["configs/tiny.yaml", "configs/other.yaml"]  # each once, in listing order
-    assert plan.grid_points == [{}, {"train.lr": 0.1}, {"train.lr": 0.2}]  # the repeated point once
+    assert plan.grid_points == [{}, {"train.lr": "0.1"}, {"train.lr": "0.2"}]  # the repeated point once
     assert len(plan.runs) == 2 * 2 * 3
     assert [r.seed for r in plan.runs] == [1] * 6 + [0] * 6
     first = plan.runs[1]
-    assert first.config == "configs/tiny.yaml" and first.overrides == {"train.epochs": 1, "train.lr": 0.1}
-    assert first.label == f"tiny/{run_leaf(1, {'train.epochs': 1, 'train.lr': 0.1})}"
+    assert first.config == "configs/tiny.yaml" and first.overrides == {"train.epochs": "1", "train.lr": "0.1"}
+    assert first.label == f"tiny/{run_leaf(1, {'train.epochs': 1, 'train.lr': 0.1})}"  # text or value: one name
     assert first.run_dir == workdir / "out" / first.label
     assert first.train_args("resume") == ["train", "configs/tiny.yaml", "train.epochs=1", "train.lr=0.1",
                                           "train.seed=1", f"output_dir=out/{first.label}", "resume=true"]

@@ -97,7 +97,7 @@ def test_sbatch_refusal_is_one_line(workdir: Path, fake_slurm: Path) -> None:
 def test_no_cluster_is_one_line(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                                if not (Path(p) / "srun").exists()))
-    with pytest.raises(UserError, match='^the slurm executor cannot start: Could not detect "srun"'):
+    with pytest.raises(UserError, match=r'^the slurm executor cannot start: Could not detect "srun"'):
         sweep_command(write_spec(workdir, SPEC), SweepOptions(), echo=lambda line: None)
 
 

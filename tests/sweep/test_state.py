@@ -39,8 +39,10 @@ def test_states_follow_the_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     assert run_status(run, retries=1).label == "pending"
-    (run / "metrics.jsonl").write_text("{}\n")
-    assert run_status(run, 1).label == "pending" and choose_mode(run) == "restart"  # no checkpoint to keep
+    (run / "metrics.jsonl").write_text("{}\n")  # crashed before its first checkpoint: the trainer clears it
+    assert run_status(run, 1).label == "pending" and choose_mode(run) == "fresh"
+    (run / "best.pt").write_bytes(b"x")  # results without a checkpoint: only overwrite=true starts again
+    assert run_status(run, 1).label == "pending" and choose_mode(run) == "restart"
     (run / "last.prev.pt").write_bytes(b"x")
     assert run_status(run, 1).label == "resumable" and choose_mode(run) == "resume"
     _record(run, 3)
@@ -115,6 +117,19 @@ def test_a_run_locked_elsewhere_is_left_alone(workdir: Path) -> None:
         assert lock.acquire()
         outcome = execute_run(run, dict(os.environ), 1, StopRequest(), command=exit_command(0))
     assert outcome.state == "busy" and not (run.run_dir / STATE_FILE).exists()
+
+
+def test_a_training_started_by_hand_is_left_alone(workdir: Path) -> None:
+    from pckd.run_folder import RunLock as TrainingLock
+
+    run = _one_run(workdir)
+    run.run_dir.mkdir(parents=True)
+    with TrainingLock(run.run_dir) as lock:
+        assert lock.acquire() is None
+        assert run_status(run.run_dir, 1).label == "running"
+        outcome = execute_run(run, dict(os.environ), 1, StopRequest(), command=exit_command(0))
+    assert outcome.state == "busy" and not (run.run_dir / STATE_FILE).exists()
+    assert run_status(run.run_dir, 1).label == "pending"
 
 
 def test_the_training_holds_the_lock_while_it_lives(workdir: Path) -> None:

@@ -19,13 +19,24 @@ from typing import Any
 
 import yaml
 
+from pckd.config.yaml_source import Plain
+
 HASH_LENGTH = 8
 READABLE_LIMIT = 60  # characters of key=value text kept in a folder name
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
 
 def format_value(value: Any) -> str:
-    """A value as ``pckd train`` must read it back (YAML flow style): ``10``, ``0.05``, ``'off'``, ``[1, 2]``."""
+    """A value as ``pckd train`` must read it back from ``key=<text>``. Text read from a spec or the command line
+    without quotes (:class:`~pckd.config.yaml_source.Plain`) stays as written, so it means what it would mean in
+    a config file (``off`` for a text key is the word, for a flag it is false); lists and mappings are written in
+    YAML flow style around their items; other values as YAML writes them (``0.05``, ``'10'``, ``true``)."""
+    if isinstance(value, Plain):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {format_value(v)}" for k, v in value.items()) + "}"
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return text[:-4].rstrip() if text.endswith("\n...") else text.removesuffix("...").rstrip()
 

@@ -197,13 +197,9 @@ def _changed_keys(planned: dict[str, Any], run_dir: Path) -> list[str]:
 
 def _uses_teacher(cfg: Any) -> bool:
     """Whether the run will load its teacher (CE-only ablations name one they never read)."""
-    try:
-        from pckd.config import method_params
-        from pckd.methods.base import method_registry
+    from pckd.config.load import uses_teacher
 
-        return bool(method_registry()[cfg.method].cls.uses_teacher(method_params(cfg)))
-    except (AttributeError, KeyError, TypeError):  # an unknown method API: assume it does
-        return True
+    return uses_teacher(cfg)
 
 
 def check_plan(plan: Plan, progress: bool = True, warn: Callable[[str], None] | None = None) -> None:
@@ -213,7 +209,7 @@ def check_plan(plan: Plan, progress: bool = True, warn: Callable[[str], None] | 
     from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from pckd.config import resolve_config
+    from pckd.config import load_config
 
     groups: dict[tuple[str, tuple[str, ...]], list[PlannedRun]] = {}
     for run in plan.runs:
@@ -224,7 +220,7 @@ def check_plan(plan: Plan, progress: bool = True, warn: Callable[[str], None] | 
                  disable=not progress or len(groups) < 20)
     for (config, overrides), runs in items:
         try:
-            cfg = resolve_config(plan.cwd / config, [*overrides, f"train.seed={runs[0].seed}"])
+            cfg = load_config(plan.cwd / config, [*overrides, f"train.seed={runs[0].seed}"])
         except UserError as exc:
             shown = f" with {' '.join(overrides)}" if overrides else ""
             raise UserError(f"sweep run {runs[0].label} ({config}{shown}): {exc}") from None

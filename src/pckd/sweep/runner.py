@@ -22,8 +22,9 @@ from pckd.sweep.state import (
     AttemptRecord,
     RunLock,
     has_checkpoint,
-    holds_run_files,
+    holds_unresumable_results,
     is_failure,
+    lock_held_by_training,
     now,
     read_state,
     summary_complete,
@@ -110,11 +111,12 @@ class Outcome:
 
 
 def choose_mode(run_dir: Path) -> str:
-    """``resume`` when a checkpoint exists; ``restart`` when the folder holds a run that left none (it stopped
-    before its first checkpoint: nothing to keep); else ``fresh``."""
+    """``resume`` when a checkpoint exists; ``restart`` (overwrite=true) when the folder holds results without
+    one (nothing to resume from, and the trainer keeps results unless told); else ``fresh`` (the trainer itself
+    clears what a run that crashed before its first checkpoint left)."""
     if has_checkpoint(run_dir):
         return "resume"
-    return "restart" if holds_run_files(run_dir) else "fresh"
+    return "restart" if holds_unresumable_results(run_dir) else "fresh"
 
 
 def _log_header(log: Path, attempt: int, mode: str, command: list[str], where: str) -> None:
@@ -142,7 +144,8 @@ def execute_run(run: PlannedRun, env: dict[str, str], retries: int, stop: StopRe
     run_dir = run.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)
-    if not _acquire(lock):
+    if not _acquire(lock) or lock_held_by_training(run_dir):
+        lock.release()
         return Outcome(run, "busy", detail="another process is running it")
     made = 0
     try:

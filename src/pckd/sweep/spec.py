@@ -16,7 +16,9 @@ from typing import Any
 
 import yaml
 
+from pckd.config.yaml_source import parse_override_layer, parse_text
 from pckd.errors import UserError
+from pckd.sweep.naming import format_value
 
 # Keys the sweep sets itself: a spec (or the command line) may not override them.
 RESERVED_KEYS = {
@@ -113,9 +115,7 @@ def _overrides(path: Path, key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):  # ["a.b=1", ...]
-        from pckd.config import parse_overrides
-
-        return {_check_key(path, key, k): v for k, v in _flatten(parse_overrides(value)).items()}
+        return {_check_key(path, key, k): v for k, v in _flatten(parse_override_layer(value)).items()}
     if not isinstance(value, dict):
         raise _fail(path, key, f"must map config keys to values, got {value!r}; write e.g. {key}: {{train.epochs: 2}}")
     return {_check_key(path, key, k): v for k, v in _flatten(value).items()}
@@ -153,7 +153,7 @@ def _grid(path: Path, value: Any) -> list[dict[str, list[Any]]]:
             if not isinstance(values, list) or not values:
                 raise _fail(path, f"{where}.{key}", f"must be a non-empty list of values, got {values!r}; "
                                                     f"write e.g. {key}: [10, 20, 30]")
-            if len({yaml.safe_dump(v) for v in values}) != len(values):
+            if len({format_value(v) for v in values}) != len(values):
                 raise _fail(path, f"{where}.{key}", f"lists a value twice ({values!r}); list each value once")
             axes[key] = values
         grids.append(axes)
@@ -235,6 +235,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(data, dict):
         raise UserError(f"sweep spec '{path}' must be a mapping of keys (configs, seeds, grid, ...), "
                         f"not {type(data).__name__}")
+    # Override values keep their text, as in a config file: the trainer reads each against its key's type.
+    text_values = parse_text(path.read_text(), f"sweep spec '{path}'")
     for key in data:
         if key not in _TOP_KEYS:
             raise _fail(path, str(key), f"is unknown; {_suggest(str(key), _TOP_KEYS)}")
@@ -259,8 +261,8 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not isinstance(root, str) or not root.strip():
         raise _fail(path, "output_root", f"must be a folder path, got {root!r}")
     description = data.get("description", "")
-    overrides = _overrides(path, "overrides", data.get("overrides"))
-    grid = _grid(path, data.get("grid"))
+    overrides = _overrides(path, "overrides", text_values.get("overrides"))
+    grid = _grid(path, text_values.get("grid"))
     for axes in grid:
         for key in axes:
             if key in overrides:
@@ -278,9 +280,7 @@ def with_command_line(spec: SweepSpec, overrides: list[str], seeds: list[int] | 
                       parallel: int | None = None) -> SweepSpec:
     """The spec with the command line's choices on top: ``key=value`` overrides for every run (they replace the
     spec's value of the same key), seeds, output root, executor and parallel runs."""
-    from pckd.config import parse_overrides
-
-    extra = _flatten(parse_overrides(overrides)) if overrides else {}
+    extra = _flatten(parse_override_layer(overrides)) if overrides else {}
     for key in extra:
         if key in RESERVED_KEYS:
             raise UserError(f"override '{key}' is set by the sweep itself; {RESERVED_KEYS[key]}")

@@ -34,10 +34,12 @@ try:
 except ImportError:  # not on POSIX: no locks (runs of one sweep still never share a folder)
     fcntl = None  # type: ignore[assignment]
 
+from pckd.run_folder import LOCK as TRAINING_LOCK
+from pckd.run_folder import SUMMARY, holds_checkpoint, holds_results
+
 STATE_FILE = "sweep-state.json"
 LOCK_FILE = ".sweep.lock"
 LOG_FILE = "sweep.log"
-CHECKPOINTS = ("last.pt", "last.prev.pt")
 BAD_INPUT = 2  # `pckd train`'s exit code for a bad config, file or model: retrying cannot help until it is fixed
 INTERRUPTED = 130  # SIGINT: stopped on purpose, not a failure
 
@@ -93,7 +95,7 @@ def attempt_failed(attempt: dict[str, Any]) -> bool:
 def summary_complete(run_dir: Path) -> dict[str, Any] | None:
     """The run's summary when ``summary.json`` is a complete record of a finished run, else None."""
     try:
-        data = json.loads((Path(run_dir) / "summary.json").read_text())
+        data = json.loads((Path(run_dir) / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or not isinstance(data.get("last_top1"), (int, float)):
@@ -102,12 +104,14 @@ def summary_complete(run_dir: Path) -> dict[str, Any] | None:
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return any((Path(run_dir) / name).is_file() for name in CHECKPOINTS)
+    """Whether the run left a checkpoint to resume from (``last.pt`` or ``last.prev.pt``)."""
+    return holds_checkpoint(run_dir)
 
 
-def holds_run_files(run_dir: Path) -> bool:
-    """Whether the folder holds what ``pckd train`` refuses to mix with a new run."""
-    return has_checkpoint(run_dir) or (Path(run_dir) / "metrics.jsonl").exists()
+def holds_unresumable_results(run_dir: Path) -> bool:
+    """Results without a checkpoint (a summary or best.pt whose last.pt was removed): only overwrite=true
+    starts such a folder again (the trainer clears a crash that left neither by itself)."""
+    return holds_results(run_dir) and not holds_checkpoint(run_dir)
 
 
 # ---- locks ---------------------------------------------------------------------------------------------
@@ -145,9 +149,7 @@ class RunLock:
         self.release()
 
 
-def lock_held(run_dir: Path) -> bool:
-    """Whether some process holds the run's lock (a run in progress)."""
-    path = Path(run_dir) / LOCK_FILE
+def _flock_held(path: Path) -> bool:
     if fcntl is None or not path.exists():
         return False
     try:
@@ -161,6 +163,17 @@ def lock_held(run_dir: Path) -> bool:
     finally:
         os.close(fd)  # closing drops the probe's shared lock at once
     return False
+
+
+def lock_held_by_training(run_dir: Path) -> bool:
+    """Whether a `pckd train` holds the folder's training lock (started by hand, or by a sweep elsewhere)."""
+    return _flock_held(Path(run_dir) / TRAINING_LOCK)
+
+
+def lock_held(run_dir: Path) -> bool:
+    """Whether some process runs the run: a sweep (``.sweep.lock``) or any `pckd train` into the folder (the
+    trainer's own lock), so a training started by hand is left alone too."""
+    return _flock_held(Path(run_dir) / LOCK_FILE) or _flock_held(Path(run_dir) / TRAINING_LOCK)
 
 
 # ---- Slurm jobs ----------------------------------------------------------------------------------------
