@@ -38,7 +38,8 @@ def test_plan_is_seeds_x_configs_x_grid_points_in_order(workdir: Path) -> None:
     assert first.train_args("resume") == ["train", "configs/tiny.yaml", "train.epochs=1", "train.lr=0.1",
                                           "train.seed=1", f"output_dir=out/{first.label}", "resume=true"]
     assert first.command("restart")[:3] == [sys.executable, "-m", "pckd"] and first.command("restart")[-1] == "overwrite=true"
-    assert first.command(gpus=4)[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4"]
+    assert first.command(gpus=4)[1:6] == ["-m", "pckd", "torchrun", "--standalone", "--nproc_per_node=4"]
+    assert first.command(gpus=4)[6:] == first.train_args()
 
 
 def test_glob_without_match_and_folder_collision_are_refused(workdir: Path) -> None:

@@ -51,11 +51,11 @@ class PlannedRun:
 
     def command(self, mode: str = "fresh", gpus: int = 1, python: list[str] | None = None) -> list[str]:
         """The full command line: ``python -m pckd train ...`` (``python``: the interpreter command, this one by
-        default); with ``gpus`` > 1 under torchrun on one node."""
+        default); with ``gpus`` > 1 under ``pckd torchrun`` on one node."""
         python = list(python) if python else [sys.executable]
-        if gpus > 1:
-            return [*python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                    "-m", "pckd", *self.train_args(mode)]
+        if gpus > 1:  # pckd torchrun: torchrun that ends with pckd's exit codes (0 after SIGTERM once saved)
+            return [*python, "-m", "pckd", "torchrun", "--standalone", f"--nproc_per_node={gpus}",
+                    *self.train_args(mode)]
         return [*python, "-m", "pckd", *self.train_args(mode)]
 
 

@@ -114,7 +114,7 @@ def executor_parameters(options: SlurmOptions, name: str) -> dict[str, Any]:
 def describe_resources(options: SlurmOptions) -> str:
     hours, minutes = divmod(options.time, 60)
     partition = f"partition {options.partition}" if options.partition else "the default partition"
-    gpus = f"{options.gpus} GPU{'s' * (options.gpus != 1)}" + (" (torchrun)" if options.gpus > 1 else "")
+    gpus = f"{options.gpus} GPU{'s' * (options.gpus != 1)}" + (" (pckd torchrun)" if options.gpus > 1 else "")
     return (f"{partition}, {gpus}, {options.cpus} CPUs, {options.mem_gb:g} GB, {hours:02d}:{minutes:02d}:00 per "
             f"run; at most {options.array_parallelism} at a time; requeued on preemption (and up to "
             f"{options.max_timeouts} times on time-out)")

@@ -44,7 +44,7 @@ class SlurmOptions:
     """Resources of one Slurm job (one run); passed to submitit's Slurm executor."""
 
     partition: str | None = None
-    gpus: int = 1  # GPUs of the run's node (> 1: the run is launched with torchrun on that node)
+    gpus: int = 1  # GPUs of the run's node (> 1: the run is launched with pckd torchrun on that node)
     cpus: int = 8  # CPU cores per job (also the run's torch threads)
     mem_gb: float = 32.0
     time: int = 1440  # minutes; a spec may write "HH:MM:SS" or "D-HH:MM:SS"
