@@ -22,6 +22,8 @@ from pckd.sweep import (
     status_command,
     sweep_command,
 )
+from pckd.sweep.local import describe_slots, make_slots, visible_gpus
+from pckd.sweep.spec import LocalOptions
 from pckd.sweep.state import LOG_FILE, STATE_FILE, run_status
 
 from .conftest import FAKE_TRAINER, read_json, wait_for, write_spec
@@ -144,3 +146,21 @@ def test_ctrl_c_stops_the_trainings_through_their_checkpoint_path(workdir: Path)
         assert (run.run_dir / "last.pt").exists()
         assert run_status(run.run_dir, 1).label == "resumable"
     assert not runs[2].run_dir.exists()  # never started
+
+
+def test_slots_one_per_gpu_or_cpu_processes_sharing_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    slots = make_slots(LocalOptions(), cores=16)
+    assert [(s.gpu, s.threads) for s in slots] == [("2", 8), ("5", 8)]
+    env = slots[1].env()
+    assert (env["CUDA_VISIBLE_DEVICES"], env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) == ("5", "8", "8")
+    assert [s.gpu for s in make_slots(LocalOptions(parallel=3), cores=16)] == ["2", "5", "2"]  # in turn
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == [] and make_slots(LocalOptions(), cores=16)[0].threads == 16  # one CPU run
+    cpu = make_slots(LocalOptions(parallel=3), cores=8)
+    assert [(s.gpu, s.threads) for s in cpu] == [(None, 2)] * 3 and cpu[0].env()["CUDA_VISIBLE_DEVICES"] == ""
+    assert make_slots(LocalOptions(parallel=2, threads=1), cores=8)[0].threads == 1
+    assert describe_slots(cpu) == "3 runs at a time on the CPU, 2 CPU threads each"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []
