@@ -100,9 +100,20 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pckd.report import write_report
 
+    plots = args.plot or []
+    for kind, key in plots:
+        if kind != "sensitivity":
+            raise UserError(f"--plot {kind} {key}: unknown plot '{kind}'; available: sensitivity "
+                            f"(e.g. --plot sensitivity pckd.fa_weight)")
     path = write_report(args.paths, args.output_dir, metric=args.metric, plots=not args.no_plots, echo=print)
     curves = "" if args.no_plots else f" and the PNG curves in {path.parent}"
     print(f"wrote {path}, {path.with_name('report.csv')}{curves}")
+    if plots:
+        from pckd.report.sensitivity import write_sensitivity
+
+        for _, key in plots:
+            png = write_sensitivity(args.paths, args.output_dir, key, metric=args.metric, echo=print)
+            print(f"wrote {png} and {png.with_suffix('.csv')}")
     return 0
 
 
@@ -119,6 +130,20 @@ def _cmd_torchrun(args: argparse.Namespace) -> int:
     commands = ("train", "eval", "probe")
     at = next((i for i, a in enumerate(rest) if a in commands), len(rest))
     return run_torchrun(rest[:at], rest[at:])
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pckd.sweep import SweepOptions, status_command, sweep_command
+
+    spec, overrides = args.spec, list(args.overrides)
+    showing_status = spec == "status" and overrides and not os.path.isfile("status")
+    if showing_status:
+        spec = overrides.pop(0)
+    options = SweepOptions(overrides=overrides, seeds=args.seeds, output_root=args.output_root,
+                           executor=args.executor, parallel=args.parallel)
+    if showing_status:
+        return status_command(spec, options)
+    return sweep_command(spec, options, dry_run=args.dry_run, retry_failed=args.retry_failed)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -181,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["best", "last"], default="best",
                    help="top-1 of each run's best epoch (default, as the reference code reports) or its last")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument("--plot", nargs=2, action="append", metavar=("KIND", "KEY"),
+                   help="an extra figure: 'sensitivity KEY' draws top-1 against the value of config key KEY "
+                        "(e.g. pckd.fa_weight) with error bars over seeds, as Fig. 5 (repeat for several keys)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("torchrun", help="torchrun with pckd's exit codes: pckd torchrun --nproc_per_node=N train CONFIG",
@@ -188,6 +216,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER,
                    help="torchrun's options, then the pckd command: --nproc_per_node=4 train CONFIG key=value ...")
     p.set_defaults(func=_cmd_torchrun)
+
+    p = sub.add_parser(
+        "sweep", help="run a grid of trainings from a sweep spec, locally or on Slurm; 'pckd sweep status SPEC' "
+                      "shows their states",
+        description="pckd sweep SPEC [key=value ...] [--dry-run] runs every run of the spec that is not done yet "
+                    "(finished runs are skipped, unfinished ones resumed, failed ones retried); "
+                    "pckd sweep status SPEC [key=value ...] prints the state of each run. Give the same overrides "
+                    "and --seeds to both: they are part of the runs' folder names.")
+    p.add_argument("spec", help="sweep spec YAML, e.g. sweeps/table1.yaml (or 'status' followed by the spec)")
+    p.add_argument("overrides", nargs="*",
+                   help="key=value overrides for every run, e.g. train.epochs=1 data.classes=10 (put them before "
+                        "the options)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (runs, folders, commands); run nothing")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds instead of the spec's, e.g. --seeds 0")
+    p.add_argument("--output-root", default=None, help="folder of the run folders instead of the spec's output_root")
+    p.add_argument("--executor", choices=["local", "slurm"], default=None, help="instead of the spec's executor")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="local executor: runs at a time (default: one per visible GPU, else 1)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="forget past failures, so runs that failed more than the spec's retries run again")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
     p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file")
