@@ -147,10 +147,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pckd.models import export_safetensors
+    from pckd.engine.export import export_checkpoint
 
-    export_safetensors(args.checkpoint, args.output)
-    print(f"wrote {args.output}")
+    path = export_checkpoint(args.checkpoint, args.output, args.overrides)
+    print(f"wrote {path}")
     return 0
 
 
@@ -241,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint's weights to safetensors")
     p.add_argument("checkpoint", help="a pckd checkpoint (best.pt/last.pt) or any weights file")
     p.add_argument("output", help="the .safetensors file to write (its folder is created)")
+    p.add_argument("overrides", nargs="*", help="student.trust_checkpoint=true for a trusted pickle file")
     p.set_defaults(func=_cmd_export)
     parser.commands = dict(sub.choices)  # type: ignore[attr-defined]
     return parser

@@ -128,7 +128,7 @@ def _positions(cfg: DataConfig, targets: list[int], n_available: int, train: boo
 
 
 def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
-    from pckd.data.imagefolder import ImageFolderLoader, open_split
+    from pckd.data.imagefolder import ImageFolderLoader, TolerantImageFolder, open_split
 
     train_set = open_split(cfg.root, "train", cfg.image_size, str(cfg.transforms))
     test_set = open_split(cfg.root, "val", cfg.image_size, str(cfg.transforms))
@@ -143,11 +143,14 @@ def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: i
     num_classes = cfg.classes if cfg.classes is not None else n_available
     _check_num_classes(cfg, num_classes)
     workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
-    common = dict(seed=seed, num_workers=workers, skip_corrupt=cfg.skip_corrupt, device=device)
-    train_loader = ImageFolderLoader(train_set, batch_size, shuffle=True, **common)
+    def loader(dataset: TolerantImageFolder, size: int, shuffle: bool) -> ImageFolderLoader:
+        return ImageFolderLoader(dataset, size, shuffle=shuffle, seed=seed, num_workers=workers,
+                                 skip_corrupt=cfg.skip_corrupt, device=device)
+
+    train_loader = loader(train_set, batch_size, True)
     return DataBundle(
         train=train_loader,
-        test=ImageFolderLoader(test_set, eval_batch_size, shuffle=False, **common),
+        test=loader(test_set, eval_batch_size, False),
         augment=train_loader.augment,
         num_classes=num_classes,
         input_size=cfg.image_size,

@@ -83,7 +83,7 @@ class TolerantImageFolder(datasets.ImageFolder):
 
     def keep(self, positions: list[int]) -> None:
         """Restrict the dataset to ``positions`` (in order), e.g. for data.classes / limits."""
-        self.samples = [self.samples[i] for i in positions]
+        self.samples: list[tuple[str, int]] = [self.samples[i] for i in positions]
         self.imgs = self.samples
         self.targets = [s[1] for s in self.samples]
 
@@ -186,7 +186,7 @@ class ImageFolderLoader:
             len(dataset), batch_size, shuffle, seed, self.rank, self.world_size, drop_last
         )
         self.corrupt_count = 0  # unreadable images skipped so far (all epochs)
-        self.loader = DataLoader(
+        self.loader: DataLoader[Any] = DataLoader(
             dataset,
             batch_sampler=self.sampler,
             num_workers=num_workers,

@@ -15,7 +15,7 @@ from typing import Any
 from pckd.config import load_config
 from pckd.config.yaml_source import parse_override_layer, parse_text
 from pckd.errors import UserError
-from pckd.models import read_checkpoint
+from pckd.models import read_checkpoint, safetensors_metadata
 
 CHECKPOINT_KEY = "student.checkpoint"
 
@@ -38,6 +38,17 @@ def stored_config(state: Any) -> dict[str, Any] | None:
     return tree if isinstance(tree, dict) else None
 
 
+def _exported(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(stored config, architecture) that ``pckd export`` wrote into a ``.safetensors`` header, if any."""
+    from pckd.engine.export import ARCH_KEY, CONFIG_KEY
+
+    meta = safetensors_metadata(path)
+    if CONFIG_KEY not in meta or ARCH_KEY not in meta:
+        return None, None
+    tree = parse_text(meta[CONFIG_KEY], f"the config in the header of '{path}'")
+    return (tree if isinstance(tree, dict) else None), meta[ARCH_KEY]
+
+
 def load_checkpoint_config(checkpoint: str | Path, overrides: list[str], *, keep: tuple[str, ...] = ("data", "train"),
                            sections: dict[str, type] | None = None) -> CheckpointConfig:
     """Read ``checkpoint`` (trusting it only if ``student.trust_checkpoint`` says so) and resolve the command's
@@ -48,11 +59,13 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: list[str], *, keep
     path = Path(checkpoint)
     first = load_config(None, overrides, base={"method": "ce"}, sections=sections)
     state = read_checkpoint(path, trust=first.student.trust_checkpoint, key_name=CHECKPOINT_KEY)
-    stored = stored_config(state)
+    stored, arch = stored_config(state), (str(state.get("arch")) if isinstance(state, dict) else None)
+    if stored is None:
+        stored, arch = _exported(path)
     base: dict[str, Any] = {"method": "ce"}
     if stored is not None:
         base.update({k: stored[k] for k in keep if isinstance(stored.get(k), dict)})
-        base["student"] = {"arch": str(state.get("arch"))}
+        base["student"] = {"arch": arch}
     given = parse_override_layer(overrides).get("student", {})
     if "arch" not in base.get("student", {}) and not (isinstance(given, dict) and "arch" in given):
         raise UserError(f"'{path}' does not say its architecture; add student.arch=NAME (see 'pckd models')")

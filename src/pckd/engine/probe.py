@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +38,14 @@ from tqdm.auto import tqdm
 
 from pckd.data import build_data
 from pckd.data.augment import NORMALIZATION, BatchAugment
+from pckd.data.imagefolder import ImageFolderLoader
 from pckd.data.loader import epoch_permutation
 from pckd.engine.build import build_network, resolve_device
 from pckd.engine.checkpoint_config import load_checkpoint_config
 from pckd.engine.metrics import topk_correct
 from pckd.errors import UserError
 from pckd.models import create_model, extract_state_dict
+from pckd.models.interface import FeatureModel
 from pckd.params import Choice, Settings, hp
 
 
@@ -185,7 +187,7 @@ def extract(model: nn.Module, loader: Any, view: Callable[[Tensor], Tensor]) -> 
     """Penultimate features and labels of every batch of ``loader`` (the model must be in eval mode)."""
     feats, labels = [], []
     for batch in loader:
-        feats.append(model.forward_features(view(batch.images)).pooled.float())
+        feats.append(cast(FeatureModel, model).forward_features(view(batch.images)).pooled.float())
         labels.append(batch.labels)
     if not feats:
         raise UserError("the probe's data has no images; check data.root and the data.* limits")
@@ -225,8 +227,9 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     if cfg.data.name == "imagefolder":
         mean, std = NORMALIZATION["imagenet" if probe.normalization == ProbeNormalization.data else str(probe.normalization)]
         plain, augmented = _folder_transforms(cfg.data.image_size, mean, std)
-        data.test.dataset.transform = plain
-        data.train.dataset.transform = augmented if probe.augment else plain
+        for loader, transform in ((data.test, plain), (data.train, augmented if probe.augment else plain)):
+            assert isinstance(loader, ImageFolderLoader)  # data.name=imagefolder builds these
+            loader.dataset.transform = transform
 
     test_feats, test_labels = extract(model, data.test, augment.evaluate)
     if probe.augment:
@@ -234,7 +237,7 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
             data.train.set_epoch(epoch)
             for batch in data.train:
                 with torch.no_grad():
-                    feats = model.forward_features(augment.standard(batch.images)).pooled.float()
+                    feats = cast(FeatureModel, model).forward_features(augment.standard(batch.images)).pooled.float()
                 yield feats, batch.labels
         n_train = data.train_size
     else:

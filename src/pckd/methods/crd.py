@@ -154,6 +154,11 @@ class CRD(TeacherDistiller):
     """CE (+ optional KD) + CRD's two-sided NCE loss with per-sample memory banks of both embeddings."""
 
     params: CRDParams
+    # buffers (registered in __init__), declared so their type is Tensor
+    memory_s: Tensor
+    memory_t: Tensor
+    z: Tensor
+    bank_labels: Tensor
 
     def __init__(self, student: nn.Module, teacher: nn.Module, params: CRDParams, data: DataInfo) -> None:
         super().__init__(student, teacher, params, data)

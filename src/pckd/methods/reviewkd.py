@@ -69,7 +69,8 @@ class Level(NamedTuple):
 
 def _level_shapes(shapes: FeatureShapes) -> list[tuple[int, int, int]]:
     """(C, H, W) of ``stages[1:]`` and of the pooled vector as a 1x1 map."""
-    return [tuple(s) for s in shapes.stages[1:]] + [(shapes.pooled, 1, 1)]  # type: ignore[misc]
+    levels = [(int(c), int(h), int(w)) for c, h, w in shapes.stages[1:]]
+    return [*levels, (shapes.pooled, 1, 1)]
 
 
 def review_levels(student: FeatureShapes, teacher: FeatureShapes) -> list[Level]:
@@ -96,12 +97,13 @@ class ABF(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        reduce_conv = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
+        output_conv = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
+        self.reduce = nn.Sequential(reduce_conv, nn.BatchNorm2d(mid_channels))
         self.attention = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None)
-        self.output = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                    nn.BatchNorm2d(out_channels))
-        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.output[0].weight, a=1)
+        self.output = nn.Sequential(output_conv, nn.BatchNorm2d(out_channels))
+        nn.init.kaiming_uniform_(reduce_conv.weight, a=1)
+        nn.init.kaiming_uniform_(output_conv.weight, a=1)
 
     def forward(self, x: Tensor, residual: Tensor | None = None,
                 out_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:

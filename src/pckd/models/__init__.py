@@ -6,6 +6,7 @@ from pckd.models.checkpoint import (
     extract_state_dict,
     load_weights,
     read_checkpoint,
+    safetensors_metadata,
 )
 from pckd.models.interface import FeatureModel, FeatureOutput
 from pckd.models.registry import create_model, list_models, model_summary
@@ -21,4 +22,5 @@ __all__ = [
     "load_weights",
     "model_summary",
     "read_checkpoint",
+    "safetensors_metadata",
 ]

@@ -87,7 +87,7 @@ def _create_torchvision(name: str, num_classes: int, kwargs: dict[str, Any], key
         wrapped = as_feature_model(model)
     except UserError as err:
         raise UserError(f"model '{TORCHVISION_PREFIX}{name}'{_at(key)} cannot be distilled: {err}") from None
-    wrapped.input_size = int(kwargs.get("image_size", _TORCHVISION_INPUT_SIZES.get(name, _IMAGENET_INPUT_SIZE)))
+    _set_input_size(wrapped, int(kwargs.get("image_size", _TORCHVISION_INPUT_SIZES.get(name, _IMAGENET_INPUT_SIZE))))
     return wrapped
 
 
@@ -109,7 +109,7 @@ def _create_timm(name: str, num_classes: int, kwargs: dict[str, Any], key: str) 
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     wrapped = as_feature_model(model)
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    wrapped.input_size = int(cfg.get("input_size", (3, _IMAGENET_INPUT_SIZE, _IMAGENET_INPUT_SIZE))[-1])
+    _set_input_size(wrapped, int(cfg.get("input_size", (3, _IMAGENET_INPUT_SIZE, _IMAGENET_INPUT_SIZE))[-1]))
     return wrapped
 
 
@@ -132,7 +132,7 @@ def create_model(name: str, num_classes: int, key: str = "", **kwargs: Any) -> n
         model = builder(num_classes=num_classes, **kwargs)
     except TypeError as err:
         raise UserError(f"model '{name}'{_at(key)} does not accept {sorted(kwargs)}: {err}") from None
-    model.input_size = _CIFAR_INPUT_SIZE
+    _set_input_size(model, _CIFAR_INPUT_SIZE)
     return model
 
 
@@ -160,8 +160,13 @@ def _create_from_factory(name: str, num_classes: int, kwargs: dict[str, Any], ke
         raise UserError(f"model '{name}'{_at(key)}: {factory_name} returned {type(model).__name__}, not an nn.Module")
     wrapped = as_feature_model(model)
     if getattr(wrapped, "input_size", None) is None:
-        wrapped.input_size = int(getattr(model, "input_size", 0)) or None
+        _set_input_size(wrapped, int(getattr(model, "input_size", 0)) or None)
     return wrapped
+
+
+def _set_input_size(model: nn.Module, size: int | None) -> None:
+    """Record the model's native input side as a plain attribute (not a parameter, buffer or submodule)."""
+    vars(model)["input_size"] = size
 
 
 def model_family(name: str) -> str:
@@ -191,7 +196,7 @@ def _parameters_on_meta() -> Iterator[None]:
         if param is not None:
             module._parameters[name] = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
-    nn.Module.register_parameter = register  # type: ignore[method-assign]
+    nn.Module.register_parameter = register  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pckd.report.tables import TEACHER_ROW, Table, column_name
+from pckd.report.collect import RunRecord
+from pckd.report.tables import TEACHER_ROW, Column, Table, column_name
 
 
 def _slug(text: str) -> str:
@@ -25,7 +26,7 @@ def _pyplot():
     return plt
 
 
-def _column_runs(table: Table, column) -> list[tuple[str, list]]:
+def _column_runs(table: Table, column: Column) -> list[tuple[str, list[RunRecord]]]:
     """(row label, runs) of one column, in the table's row order."""
     out = []
     for row in table.rows:
@@ -35,7 +36,7 @@ def _column_runs(table: Table, column) -> list[tuple[str, list]]:
     return out
 
 
-def plot_accuracy(table: Table, column, path: Path) -> Path | None:
+def plot_accuracy(table: Table, column: Column, path: Path) -> Path | None:
     """Test top-1 vs epoch of every run in ``column``; None when no run has finished an epoch."""
     rows = [(row, runs) for row, runs in _column_runs(table, column) if any(r.epoch_curve for r in runs)]
     if not rows:
@@ -57,7 +58,7 @@ def plot_accuracy(table: Table, column, path: Path) -> Path | None:
     return path
 
 
-def plot_losses(table: Table, column, path: Path) -> Path | None:
+def plot_losses(table: Table, column: Column, path: Path) -> Path | None:
     """One panel per logged loss term (train/<term>, plus the total "loss") vs the global step; None when no
     run of the column logged a step."""
     rows = _column_runs(table, column)

@@ -148,8 +148,9 @@ def build_table(dataset: str, runs: list[RunRecord], metric: str) -> Table:
         for run in in_column:
             cell = cells.setdefault((labels[id(run)], column), Cell(values=[]))
             cell.runs.append(run)
-            if run.top1(metric) is not None:
-                cell.values.append(run.top1(metric))
+            top1 = run.top1(metric)
+            if top1 is not None:
+                cell.values.append(top1)
         kd_cells = [c for (row, col), c in cells.items() if col == column and row_method.get(row) == "kd"
                     and c.mean is not None and c.runs and c.runs[0].teacher is not None]
         for (row, col), cell in cells.items():
