@@ -124,6 +124,9 @@ def test_probe_of_frozen_resnet8_on_imagefolder(shared_data, random_teacher, tmp
     assert all(0.0 <= r["top1"] <= r["top5"] <= 100.0 and math.isfinite(r["train_loss"]) for r in saved["epochs"])
     assert saved["best_top1"] == max(r["top1"] for r in saved["epochs"])
     assert saved["last_top1"] == saved["epochs"][-1]["top1"]
+    # written rounded: 0.01 points for accuracies, 4 decimals for losses (no 37.50000000000001)
+    assert all(round(r[k], 2) == r[k] for r in saved["epochs"] for k in ("top1", "top5"))
+    assert all(round(r["train_loss"], 4) == r["train_loss"] for r in saved["epochs"])
     assert saved["best_top1"] > 60.0  # airplane vs automobile from random conv features (chance 50%; gets 70)
     _assert_backbone_unchanged(captured_backbone[0], torch.load(random_teacher, weights_only=True))
 

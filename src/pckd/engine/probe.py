@@ -194,6 +194,13 @@ def extract(model: nn.Module, loader: Any, view: Callable[[Tensor], Tensor]) -> 
     return torch.cat(feats), torch.cat(labels)
 
 
+def _rounded(record: dict[str, float]) -> dict[str, float]:
+    """A probe epoch as written: accuracies to 0.01 points, losses to 4 decimals, the learning rate to 6 (float
+    noise such as 37.50000000000001 says nothing)."""
+    places = {"top1": 2, "top5": 2, "loss": 4, "train_loss": 4, "lr": 6}
+    return {k: (round(v, places[k]) if k in places and isinstance(v, float) else v) for k, v in record.items()}
+
+
 def _default_output_dir(checkpoint: Path, data_cfg: Any) -> Path:
     target = Path(data_cfg.root).expanduser().resolve().name if data_cfg.name == "imagefolder" else data_cfg.name
     return checkpoint.resolve().parent / f"probe-{target or 'data'}"
@@ -253,6 +260,7 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     history = train_linear(linear, probe, batches, test_feats, test_labels, progress=cfg.train.progress)
 
     best = max(history, key=lambda r: r["top1"])
+    history = [_rounded(record) for record in history]
     out_dir = Path(probe.output_dir) if probe.output_dir else _default_output_dir(ckpt_path, cfg.data)
     result = {
         "checkpoint": str(ckpt_path), "arch": cfg.student.arch, "source_data": source_data,
@@ -261,7 +269,7 @@ def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
                  "num_classes": data.num_classes, "train_size": n_train, "test_size": int(test_feats.shape[0])},
         "probe": {k: (str(v) if isinstance(v, Choice) else v) for k, v in dataclasses.asdict(probe).items()},
         "epochs": history,
-        "best_top1": best["top1"], "best_epoch": best["epoch"],
+        "best_top1": round(best["top1"], 2), "best_epoch": best["epoch"],
         "last_top1": history[-1]["top1"], "last_top5": history[-1]["top5"],
         "output_dir": str(out_dir),
     }

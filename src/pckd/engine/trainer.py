@@ -65,6 +65,7 @@ class EpochProgress:
     window: StepMeter
     skipped: int = 0
     window_images: int = 0
+    loss_terms: tuple[str, ...] = ()  # the method's weighted loss terms (the rest of the logged values are stats)
     t0: float = field(default_factory=time.perf_counter)
     window_t0: float = field(default_factory=time.perf_counter)
 
@@ -296,6 +297,7 @@ class Trainer:
         for step, batch in enumerate(loader.iter_from(progress.start_step), start=progress.start_step):
             out, total = self._step(batch, epoch, progress)
             values = {**out.losses, "loss": total, **out.stats}
+            progress.loss_terms = tuple(out.losses)
             progress.meter.update(values, out.logits, batch.labels, step=step)
             progress.window.update(values, out.logits, batch.labels, step=step)
             progress.window_images += batch.size * dist.world_size()
@@ -352,7 +354,8 @@ class Trainer:
         rate = progress.window_images / max(elapsed, 1e-9)
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['top1']:.1f}", img_s=f"{rate:.0f}")
         self.logger.log({"kind": "step", "epoch": progress.epoch, "step": step + 1, "lr": progress.lr,
-                         "img_per_s": rate, **{f"train/{k}": v for k, v in means.items()}},
+                         "img_per_s": rate, "loss_terms": list(progress.loss_terms),
+                         **{f"train/{k}": v for k, v in means.items()}},
                         step=(progress.epoch - 1) * progress.n_steps + step + 1)
         progress.window.reset()
         progress.window_t0, progress.window_images = time.perf_counter(), 0

@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from pckd.errors import PckdWarning
+from pckd.errors import PckdWarning, UserError
 from pckd.report.collect import RunRecord, collect_runs
 from pckd.report.tables import Table, build_tables, render_markdown, write_csv
 
@@ -15,7 +15,6 @@ __all__ = ["RunRecord", "Table", "build_tables", "collect_runs", "render_markdow
 
 def _preview_figures(runs: list[RunRecord], out_dir: Path, on_problem: Callable[[str], None]) -> list[Path]:
     """Fig. 6 (preview weights per epoch) of every run that recorded a preview history."""
-    from pckd.errors import UserError
     from pckd.report.preview_plot import (
         HISTORY_JSON,
         plot_preview_history,
@@ -49,7 +48,15 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
         problems.append(message)
         warnings.warn(PckdWarning(message), stacklevel=2)
 
-    runs = collect_runs([Path(p) for p in paths], on_problem)
+    from pckd.report.probes import collect_probes, render_probe_table
+
+    probes = collect_probes([Path(p) for p in paths], on_problem)
+    try:
+        runs = collect_runs([Path(p) for p in paths], on_problem)
+    except UserError:
+        if not probes:
+            raise
+        runs = []  # probe results alone still make a report
     tables = build_tables(runs, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(tables, out_dir / "report.csv")
@@ -66,6 +73,8 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
     incomplete = sum(not r.complete for r in runs)
     parts = [f"# Report: {len(runs)} run(s), {incomplete} incomplete\n"]
     parts += [render_markdown(table) for table in tables]
+    if probes:
+        parts.append(render_probe_table(probes))
     if echo is not None:
         echo("\n".join(parts[1:]))
     if figures:

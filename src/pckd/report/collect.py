@@ -169,7 +169,9 @@ def _epoch_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _loss_curves(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Each logged train/<term> (not the accuracies) against the global step, from the "step" records."""
+    """Each logged loss term (and the total "loss") against the global step, from the "step" records. Records
+    that list their ``loss_terms`` keep only those (not the methods' statistics such as a threshold); older runs
+    keep every train/<value> except the accuracies."""
     steps = {(r["epoch"], r["step"]): r for r in records
              if r.get("kind") == "step" and isinstance(r.get("epoch"), int) and isinstance(r.get("step"), int)}
     if not steps:
@@ -178,10 +180,13 @@ def _loss_curves(records: list[dict[str, Any]]) -> dict[str, list[tuple[int, flo
     per_epoch = max(step for _, step in steps)
     curves: dict[str, list[tuple[int, float]]] = {}
     for (epoch, step) in sorted(steps):
-        for key, value in steps[(epoch, step)].items():
+        record = steps[(epoch, step)]
+        listed = record.get("loss_terms")
+        keep = {*listed, "loss"} if isinstance(listed, list) else None
+        for key, value in record.items():
             term = key[len("train/"):] if key.startswith("train/") else None
             number = _number(value)
-            if term and term not in ("top1", "top5") and number is not None:
+            if term and term not in ("top1", "top5") and (keep is None or term in keep) and number is not None:
                 curves.setdefault(term, []).append(((epoch - 1) * per_epoch + step, number))
     return curves
 
