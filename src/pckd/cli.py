@@ -7,8 +7,9 @@ import json
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pckd.errors import PckdWarning, TrainingStopped, UserError
 

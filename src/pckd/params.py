@@ -16,6 +16,7 @@ import dataclasses
 import difflib
 import enum
 import math
+import types
 import typing
 from typing import Any, ClassVar
 
@@ -39,7 +40,7 @@ class Choice(str, enum.Enum):
         return canonical + [n for n in cls.__members__ if n not in canonical]
 
     @classmethod
-    def parse(cls, value: Any, key: str) -> "Choice":
+    def parse(cls, value: Any, key: str) -> Choice:
         """The member named ``value`` (a member, a name or an alias); UserError naming ``key`` otherwise."""
         if isinstance(value, cls):
             return value
@@ -102,7 +103,7 @@ def _check_type(key: str, value: Any, tp: Any) -> None:
 
 def _unwrap_optional(tp: Any) -> Any:
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    if typing.get_origin(tp) is typing.Union and len(args) == 1:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and len(args) == 1:
         return args[0]
     return tp
 

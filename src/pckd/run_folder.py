@@ -119,7 +119,7 @@ class RunLock:
         """Take the lock; returns None, or the holder's description when another process holds it."""
         import fcntl
 
-        fh = open(self.path, "a+")
+        fh = open(self.path, "a+")  # noqa: SIM115 (the lock lives as long as the open file; released in release())
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -143,7 +143,7 @@ class RunLock:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -16,7 +16,6 @@ from pckd.data.cifar import load_cifar
 from pckd.data.subset import check_labels, limit, select_classes
 from pckd.errors import UserError
 
-
 pytestmark = pytest.mark.filterwarnings("ignore:.*not the canonical")
 
 
@@ -138,7 +137,7 @@ def test_synthetic_cifar10_layout_and_warning(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(cifar, "_warned_noncanonical", set())
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
-        images, labels, names = load_cifar("cifar10", tmp_path, train=True)
+        images, _, names = load_cifar("cifar10", tmp_path, train=True)
         load_cifar("cifar10", tmp_path, train=False)
     assert len(_noncanonical(records)) == 1 and "CIFAR-10" in _noncanonical(records)[0]
     assert images.shape == (10, 3, 32, 32) and names == [f"c{k}" for k in range(10)]

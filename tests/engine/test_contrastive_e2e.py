@@ -18,7 +18,7 @@ from .conftest import cifar_slice_config
 pytestmark = pytest.mark.slow
 
 # 640 images of 10 classes at batch 64: 10 steps per epoch, one log window every 2 steps.
-SLICE = dict(epochs=2, train_limit=640, extra_common=["train.log_interval=2", "data.test_limit=200"])
+SLICE = {"epochs": 2, "train_limit": 640, "extra_common": ["train.log_interval=2", "data.test_limit=200"]}
 
 
 def _config(shared_data: Path, run_dir: Path, method: str, teacher: Path | None, extra: list[str]) -> Any:

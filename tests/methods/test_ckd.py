@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.ckd import CKD, CKDParams, ckd_loss, ckd_per_sample
 from pckd.models.interface import FeatureOutput

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.crd import (
     CRD,

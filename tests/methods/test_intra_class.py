@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.errors import UserError
 from pckd.methods.intra_class import ClassQueue, IntraClass, IntraClassParams, intra_class_contrast, margin_gate
 from pckd.models.interface import FeatureOutput
@@ -135,7 +135,7 @@ def test_queue_matches_deque_reference_on_random_batches():
             ref[c].append(i)
         for c in range(k):
             assert q.ordered(c)[:, 0].tolist() == list(ref[c])
-        flat_f, flat_l = q.slots()
+        _, flat_l = q.slots()
         assert int((flat_l >= 0).sum()) == sum(len(r) for r in ref)
 
 

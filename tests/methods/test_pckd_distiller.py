@@ -13,8 +13,8 @@ from torch import nn
 
 import pckd.methods.pckd as P
 import pckd.methods.pckd.distiller
-from pckd.data.info import DataInfo
 from pckd.data.batch import Batch
+from pckd.data.info import DataInfo
 from pckd.models.interface import FeatureOutput
 
 K = 5

@@ -14,7 +14,6 @@ from pckd.cli import main
 from pckd.engine import checkpoint_io, trainer
 from pckd.engine.checkpoint_io import LAST, PREVIOUS, atomic_save, load_checkpoint_file, load_resume_checkpoint
 from pckd.errors import PckdWarning, UserError
-
 from tests.models.test_checkpoint import _Payload
 
 

@@ -98,7 +98,7 @@ def test_sigterm_mid_epoch_then_printed_resume_command_equals_uninterrupted(
 
 
 def test_single_sigint_saves_and_exits_130(tiny_config: Path, tmp_path: Path) -> None:
-    code, out, err = _start_and_signal(tiny_config, tmp_path / "run", signal.SIGINT)
+    code, _, err = _start_and_signal(tiny_config, tmp_path / "run", signal.SIGINT)
     assert code == 130, err
     assert "SIGINT: stopped at epoch 1 step" in err and "resume=true" in err
     assert load_checkpoint_file(tmp_path / "run" / "last.pt")["step"] > 0

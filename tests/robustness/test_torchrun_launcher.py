@@ -24,7 +24,7 @@ def test_ctrl_c_to_the_process_group_exits_130_in_one_line(tiny_config: Path, tm
     try:
         _wait_for_step_line(run_dir / "metrics.jsonl", proc, timeout=180)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: every process of the group
-        out, err = proc.communicate(timeout=180)
+        _, err = proc.communicate(timeout=180)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import types
 import typing
 from collections.abc import Iterable
 from typing import Any
@@ -58,7 +59,7 @@ def coerce_value(value: Any, tp: Any, key: str) -> Any:
     if _is_interpolation(value):
         return str(value)  # OmegaConf resolves ${...} and checks the result
     origin = typing.get_origin(tp)
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None or (isinstance(value, Plain) and value in NULL_WORDS):
             return None

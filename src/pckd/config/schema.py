@@ -7,7 +7,6 @@ Each section states its rules beside its fields (:func:`pckd.params.hp`); loadin
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from pckd.errors import UserError
 from pckd.params import Choice, Settings, hp
@@ -57,8 +56,8 @@ class ModelConfig(Settings):
     """A network: a zoo/torchvision architecture name and optionally weights to load."""
 
     arch: str = hp("resnet8x4", doc="architecture: a zoo name, torchvision.<name> or timm.<name> ('pckd models')")
-    checkpoint: Optional[str] = hp(None, doc="weights file; RepDistiller/mdistiller/state_dict/bare/pckd formats")
-    weights: Optional[str] = hp(None, doc="published weights of a torchvision.*/timm.* model: DEFAULT, IMAGENET1K_V1, ...")
+    checkpoint: str | None = hp(None, doc="weights file; RepDistiller/mdistiller/state_dict/bare/pckd formats")
+    weights: str | None = hp(None, doc="published weights of a torchvision.*/timm.* model: DEFAULT, IMAGENET1K_V1, ...")
     reset_classifier: bool = hp(False, doc="load the backbone of the weights/checkpoint, train a new classifier")
     trust_checkpoint: bool = hp(False, doc="allow full unpickling of a checkpoint you trust (runs code in the file!)")
     strict: bool = hp(True, doc="every key must match when loading the checkpoint")
@@ -70,14 +69,14 @@ class DataConfig(Settings):
 
     name: DatasetName = hp(DatasetName.cifar100, doc="the dataset")
     root: str = hp("./data", doc="folder holding cifar-100-python/ (or the pickles), or train/ and val/ for imagefolder")
-    num_classes: Optional[int] = hp(None, gt=0, doc="derived from the data when unset; checked against it when set")
-    classes: Optional[int] = hp(None, gt=0, doc="keep only the first N classes (quick runs)")
-    train_limit: Optional[int] = hp(None, gt=0, doc="keep only the first N training images (after `classes`)")
-    test_limit: Optional[int] = hp(None, gt=0, doc="keep only the first N test images (after `classes`)")
+    num_classes: int | None = hp(None, gt=0, doc="derived from the data when unset; checked against it when set")
+    classes: int | None = hp(None, gt=0, doc="keep only the first N classes (quick runs)")
+    train_limit: int | None = hp(None, gt=0, doc="keep only the first N training images (after `classes`)")
+    test_limit: int | None = hp(None, gt=0, doc="keep only the first N test images (after `classes`)")
     download: bool = hp(False, doc="CIFAR only: fetch through torchvision when the files are missing (needs internet)")
     image_size: int = hp(224, gt=0, doc="imagefolder only: training crop / evaluation size")
     transforms: TransformPreset = hp(TransformPreset.auto, doc="imagefolder only: auto | imagenet | cifar")
-    num_workers: Optional[int] = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")
+    num_workers: int | None = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")
     skip_corrupt: bool = hp(False, doc="imagefolder only: skip unreadable images (counted) instead of stopping")
     on_device: bool = hp(True, doc="in-memory datasets: keep the uint8 images on the training device")
 
@@ -106,7 +105,7 @@ class TrainConfig(Settings):
     channels_last: bool = hp(False)
     compile: bool = hp(False, doc="torch.compile the student's forward")
     teacher_fold_bn: bool = hp(True, doc="fold the frozen teacher's BatchNorms into its convolutions")
-    teacher_channels_last: Optional[bool] = hp(None, doc="teacher in channels_last; unset: on for CPU, else = channels_last")
+    teacher_channels_last: bool | None = hp(None, doc="teacher in channels_last; unset: on for CPU, else = channels_last")
     sync_bn: bool = hp(True, doc="under torchrun: BatchNorm statistics over the global batch (as in one process)")
     log_interval: int = hp(50, gt=0, doc="steps between host reads of the device-side metrics")
     on_nonfinite: OnNonFinite = hp(OnNonFinite.stop)

@@ -28,7 +28,7 @@ class Plain(str):
 class _TextLoader(yaml.SafeLoader):
     """SafeLoader without implicit typing: plain scalars become :class:`Plain`, quoted ones ``str``."""
 
-    yaml_implicit_resolvers: dict = {}
+    yaml_implicit_resolvers: dict = {}  # noqa: RUF012 (PyYAML reads it per class: empty = no implicit typing)
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
@@ -62,7 +62,7 @@ def _one_line(text: str) -> str:
 def parse_text(text: str, where: str) -> Any:
     """YAML ``text`` with every plain scalar kept as :class:`Plain` text; UserError (one line) naming ``where``."""
     try:
-        return yaml.load(text, Loader=_TextLoader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_TextLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

@@ -12,7 +12,7 @@ one window per sample with advanced indexing. That copies whole contiguous rows 
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,7 @@ class BatchAugment:
         self.flip = bool(flip)
         self.shard: tuple[int, int] | None = None  # (offset, global batch size); None: the batch is global
 
-    def for_shard(self, offset: int, total: int) -> "BatchAugment":
+    def for_shard(self, offset: int, total: int) -> BatchAugment:
         """This augmenter for a rank's images ``[offset, offset + b)`` of a global batch of ``total`` images:
         draws are made for all ``total`` images and the rank keeps its own (see the class docstring)."""
         view = copy.copy(self)  # shares the normalisation constants

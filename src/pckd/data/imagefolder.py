@@ -14,8 +14,9 @@ yielded at all, which a multi-rank run cannot survive, so clean the data first f
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from PIL import Image
@@ -123,7 +124,7 @@ class _Collated:
         self.index = torch.tensor([it[2] for it in good], dtype=torch.long)
         self.failed = [(it[3], it[4]) for it in items if it[0] is None]
 
-    def pin_memory(self) -> "_Collated":
+    def pin_memory(self) -> _Collated:
         # Called by the DataLoader's pinning thread when pin_memory=True.
         if self.images is not None:
             self.images = self.images.pin_memory()

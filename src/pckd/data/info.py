@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from torch import Tensor
 
@@ -17,4 +16,4 @@ class DataInfo:
     num_classes: int
     train_size: int = 0
     input_size: int = 32
-    train_labels: Optional[Tensor] = None
+    train_labels: Tensor | None = None

@@ -11,7 +11,7 @@ trainer gathers the per-rank results (``dataset_size`` is the total).
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor

@@ -117,7 +117,7 @@ class Built:
     data: DataBundle
     distiller: Distiller
     optimizer: torch.optim.Optimizer
-    schedule: "EpochSchedule"
+    schedule: EpochSchedule
 
 
 class EpochSchedule:

@@ -29,7 +29,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +72,7 @@ class ProbeConfig(Settings):
     augment: bool = hp(False, doc="redraw crop+flip training views every epoch (slower) instead of caching features")
     normalization: ProbeNormalization = hp(ProbeNormalization.data, doc="data (the target's own) or a named mean/std")
     seed: int = hp(0, ge=0, lt=2**32, doc="linear-layer init and per-epoch order")
-    output_dir: Optional[str] = hp(None, doc="where probe.json goes; default <checkpoint folder>/probe-<target>")
+    output_dir: str | None = hp(None, doc="where probe.json goes; default <checkpoint folder>/probe-<target>")
 
 
 ProbeConfig.section = "probe"

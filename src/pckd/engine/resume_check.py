@@ -46,7 +46,7 @@ def check_resume(saved_yaml: str, current_yaml: str, epochs_done: int, run_confi
     changes = config_changes(saved_yaml, current_yaml)
     refused = {k: v for k, v in changes.items() if k != EXTENSIBLE}
     if EXTENSIBLE in changes:
-        old, new = changes[EXTENSIBLE]
+        _, new = changes[EXTENSIBLE]
         if isinstance(new, int) and new < epochs_done:
             refused[EXTENSIBLE] = changes[EXTENSIBLE]
     if refused:

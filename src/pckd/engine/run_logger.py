@@ -42,7 +42,7 @@ class RunLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._manifest = Manifest(self.run_dir)
             self.record(METRICS)
-            self._metrics = open(self.run_dir / METRICS, "a", buffering=1)
+            self._metrics = open(self.run_dir / METRICS, "a", buffering=1)  # noqa: SIM115 (open for the run; closed in close())
             if tensorboard:
                 self._open_tensorboard()
 

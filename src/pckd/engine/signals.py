@@ -27,7 +27,7 @@ class StopRequest:
             print(f"\n{name} received: finishing the current step and saving a checkpoint (Ctrl-C again to abort "
                   "now)", flush=True)
 
-    def __enter__(self) -> "StopRequest":
+    def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -18,9 +18,10 @@ import shlex
 import sys
 import time
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -101,7 +102,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == Precision.fp16 else None
 
     # ---- helpers -----------------------------------------------------------------------------------------
-    def _autocast(self) -> ContextManager[Any]:
+    def _autocast(self) -> AbstractContextManager[Any]:
         if self.cfg.train.precision == Precision.bf16:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         if self.cfg.train.precision == Precision.fp16:

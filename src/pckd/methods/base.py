@@ -8,8 +8,9 @@ whole step. See docs/architecture.md for the whole contract.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Protocol, cast
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -113,13 +114,13 @@ class Distiller(nn.Module):
         """Student forward through the features interface: stage outputs, pooled feature and logits."""
         return cast(FeatureModel, self.student).forward_features(x)
 
-    def train(self, mode: bool = True) -> "Distiller":
+    def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         if self.teacher is not None:
             self.teacher.eval()  # the teacher always stays in eval mode (BN statistics frozen)
         return self
 
-    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> "Distiller":  # .to()/.cuda() move the teacher
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> Distiller:  # .to()/.cuda() move the teacher
         super()._apply(fn, recurse)
         if self.teacher is not None:
             self.teacher._apply(fn, recurse)
@@ -146,7 +147,7 @@ class Distiller(nn.Module):
         return F.cross_entropy(logits.float(), labels)
 
     # ---- training step -----------------------------------------------------------------------------------
-    def forward(self, batch: Batch, epoch: int) -> StepOutput:  # noqa: D102 - see forward_train
+    def forward(self, batch: Batch, epoch: int) -> StepOutput:
         return self.forward_train(batch, epoch)
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:

@@ -15,8 +15,9 @@ project's own formulation of the abstract, fixed in docs/defaults.md ("Intra-cla
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -210,7 +211,7 @@ class IntraClass(Distiller):
     def queue(self) -> ClassQueue:
         return self.__dict__["_queue"]
 
-    def _apply(self, fn: Callable, recurse: bool = True) -> "IntraClass":
+    def _apply(self, fn: Callable, recurse: bool = True) -> IntraClass:
         super()._apply(fn, recurse)
         self.queue._apply(fn, recurse)
         return self

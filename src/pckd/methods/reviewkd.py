@@ -97,10 +97,11 @@ class ABF(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
+        # Built in this order on purpose: the default initialisers draw from the RNG in creation order.
         reduce_conv = nn.Conv2d(in_channels, mid_channels, 1, bias=False)
-        output_conv = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
         self.reduce = nn.Sequential(reduce_conv, nn.BatchNorm2d(mid_channels))
         self.attention = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None)
+        output_conv = nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False)
         self.output = nn.Sequential(output_conv, nn.BatchNorm2d(out_channels))
         nn.init.kaiming_uniform_(reduce_conv.weight, a=1)
         nn.init.kaiming_uniform_(output_conv.weight, a=1)

@@ -15,7 +15,6 @@ down-weighting lowers a term instead of redistributing it. Under DDP the batch m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ class WeightingMode(Choice):
 
 
 # ---- pure functions ----------------------------------------------------------------------------------------
-def difficulty(ce_per_sample: Tensor, batch_mean_ce: Optional[Tensor] = None) -> Tensor:
+def difficulty(ce_per_sample: Tensor, batch_mean_ce: Tensor | None = None) -> Tensor:
     """Eq. 5: difficulty s_i = CE_i / mean CE, shape [B].
 
     ``batch_mean_ce`` defaults to the mean of ``ce_per_sample``; under DDP pass the global mean
@@ -57,7 +56,7 @@ def preview_threshold(epoch: int, gamma: float) -> float:
 
 
 def preview_weights(ce_per_sample: Tensor, epoch: int, gamma: float,
-                    batch_mean_ce: Optional[Tensor] = None) -> Tensor:
+                    batch_mean_ce: Tensor | None = None) -> Tensor:
     """Eqs. 5-7: w_i = 1 if s_i <= gamma**epoch else exp(-s_i^2), shape [B].
 
     Not detached here: with a differentiable ``ce_per_sample`` the hard samples' weights carry gradient (the
@@ -69,7 +68,7 @@ def preview_weights(ce_per_sample: Tensor, epoch: int, gamma: float,
 
 
 def curriculum_weights(ce_per_sample: Tensor, epoch: int, gamma: float,
-                       batch_mean_ce: Optional[Tensor] = None) -> Tensor:
+                       batch_mean_ce: Tensor | None = None) -> Tensor:
     """Curriculum variant (Table IX): w_i = 1 if s_i <= gamma**epoch else 0, shape [B]."""
     s = difficulty(ce_per_sample, batch_mean_ce)
     t = preview_threshold(epoch, gamma)
@@ -137,8 +136,8 @@ class SampleWeighting:
         """The difficulty threshold of ``epoch`` (counted from 1)."""
         return preview_threshold(epoch, self.gamma)
 
-    def weights(self, ce_per_sample: Tensor, probs_true: Optional[Tensor], epoch: int,
-                batch_mean_ce: Optional[Tensor] = None) -> Tensor:
+    def weights(self, ce_per_sample: Tensor, probs_true: Tensor | None, epoch: int,
+                batch_mean_ce: Tensor | None = None) -> Tensor:
         """Weights [B] of the samples whose per-sample CE (and true-class probability, for ``focal``) are given.
 
         ``batch_mean_ce`` defaults to the global mean over all ranks of ``ce_per_sample`` (Eq. 5 under DDP).

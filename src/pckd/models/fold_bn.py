@@ -12,8 +12,9 @@ probe batch, and a pair that changes the outputs is left unfolded.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, cast
+from typing import cast
 
 import torch
 from torch import Tensor, nn

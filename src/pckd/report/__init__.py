@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pckd.errors import PckdWarning, UserError
 from pckd.report.collect import RunRecord, collect_runs

@@ -31,8 +31,24 @@ from pckd.methods.weighting import (
 PreviewWeighting = SampleWeighting  # PCKD's name for the shared reducer
 
 __all__ = [
-    "CCCForm", "PCKD", "PCKDParams", "PreviewMode", "PreviewParams", "PreviewWeighting", "SampleWeighting",
-    "category_center_contrast", "category_center_contrast_centers", "category_profiles", "center_alignment",
-    "curriculum_weights", "difficulty", "feature_alignment", "focal_weights", "kd_per_sample", "preview_threshold",
-    "preview_weights", "uniform_weights", "weighted_mean",
+    "PCKD",
+    "CCCForm",
+    "PCKDParams",
+    "PreviewMode",
+    "PreviewParams",
+    "PreviewWeighting",
+    "SampleWeighting",
+    "category_center_contrast",
+    "category_center_contrast_centers",
+    "category_profiles",
+    "center_alignment",
+    "curriculum_weights",
+    "difficulty",
+    "feature_alignment",
+    "focal_weights",
+    "kd_per_sample",
+    "preview_threshold",
+    "preview_weights",
+    "uniform_weights",
+    "weighted_mean",
 ]

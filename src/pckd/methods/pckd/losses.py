@@ -5,8 +5,6 @@ Each works in float32, or float64 when given float64, with autocast disabled aro
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -30,7 +28,7 @@ def category_profiles(embedding: Tensor, class_centres: Tensor) -> Tensor:
 
 def category_center_contrast(
     profiles_s: Tensor, profiles_t: Tensor, labels: Tensor, tau: float, base_tau: float,
-    rows: Optional[slice] = None,
+    rows: slice | None = None,
 ) -> Tensor:
     """Eq. 4 as released (``ccc: supcon``): supervised contrast over the stacked profiles, shape [N].
 
@@ -107,8 +105,8 @@ def feature_alignment(projected_student: Tensor, teacher_feature: Tensor) -> Ten
 
 
 def center_alignment(
-    w_s: Tensor, b_s: Optional[Tensor], w_t: Tensor, b_t: Optional[Tensor]
-) -> Optional[Tensor]:
+    w_s: Tensor, b_s: Tensor | None, w_t: Tensor, b_t: Tensor | None
+) -> Tensor | None:
     """Eq. 3 as released: mean squared error between [W_s | b_s] and [W_t | b_t], a scalar.
 
     The bias is appended as an extra column (a missing bias is simply left out). Returns None when the two
@@ -116,7 +114,7 @@ def center_alignment(
     released code. The teacher side is detached.
     """
 
-    def stacked(w: Tensor, b: Optional[Tensor]) -> Tensor:
+    def stacked(w: Tensor, b: Tensor | None) -> Tensor:
         return w if b is None else torch.cat([w, b.unsqueeze(1)], dim=1)
 
     m_s = stacked(w_s, b_s)

@@ -89,7 +89,7 @@ class CifarMobileNetV2(CifarNet):
         return FeatureOutput(stages, pooled, self.classifier(pooled))
 
 
-def MobileNetV2(num_classes: int = 100) -> CifarMobileNetV2:  # noqa: N802 - the zoo's published name
+def MobileNetV2(num_classes: int = 100) -> CifarMobileNetV2:
     """RepDistiller's ``mobile_half``: expansion 6, width 0.5."""
     return CifarMobileNetV2(expansion=6, width=0.5, num_classes=num_classes)
 

@@ -5,7 +5,7 @@ Three stages at 32/16/8 pixels; parameter names follow RepDistiller's ``resnet.p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -68,7 +68,7 @@ class BottleneckResNet(CifarNet):
         return FeatureOutput(stages, pooled, self.linear(pooled))
 
 
-def ResNet50(num_classes: int = 100) -> BottleneckResNet:  # noqa: N802 - the zoo's published name
+def ResNet50(num_classes: int = 100) -> BottleneckResNet:
     """CIFAR ResNet-50 (bottleneck blocks [3, 4, 6, 3])."""
     return BottleneckResNet([3, 4, 6, 3], num_classes)
 

@@ -72,7 +72,7 @@ class ShuffleNetV1(CifarNet):
         return FeatureOutput(stages, pooled, self.linear(pooled))
 
 
-def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:  # noqa: N802 - the zoo's published name
+def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:
     """ShuffleNet V1, groups 3, widths 240/480/960."""
     return ShuffleNetV1([240, 480, 960], [4, 8, 4], groups=3, num_classes=num_classes)
 

@@ -86,7 +86,7 @@ class ShuffleNetV2(CifarNet):
         return FeatureOutput(stages, pooled, self.linear(pooled))
 
 
-def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:  # noqa: N802 - the zoo's published name
+def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:
     """ShuffleNet V2 1.0x: widths 116/232/464, blocks 3/7/3, head 1024."""
     return ShuffleNetV2([116, 232, 464], [3, 7, 3], head=1024, num_classes=num_classes)
 

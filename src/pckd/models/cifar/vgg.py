@@ -6,7 +6,7 @@ five conv blocks ``block0..block4``; each block ends without ReLU so the pre-act
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn

@@ -6,7 +6,7 @@ stem and stage features are the raw (pre-activation) block outputs; the final bn
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,7 +25,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, kernel_size=3, stride=1, padding=1, bias=False)
         self.drop_rate = drop_rate
-        self.convShortcut: nn.Conv2d | None = None  # noqa: N815 - reference parameter name
+        self.convShortcut: nn.Conv2d | None = None
         if cin != cout:
             self.convShortcut = nn.Conv2d(cin, cout, kernel_size=1, stride=stride, bias=False)
 
