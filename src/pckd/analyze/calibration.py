@@ -69,7 +69,8 @@ def plot_calibration(panels: list[tuple[str, dict[str, Any]]], path: Path, title
         ax.bar(centre[filled], (gap_hi - gap_lo)[filled], bottom=gap_lo[filled], width=width * 0.95,
                color="tab:red", alpha=0.35, edgecolor="tab:red", lw=0.5, hatch="//", label="gap to confidence")
         ax.plot([0, 1], [0, 1], ls="--", color="gray", label="perfect calibration")
-        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", xticklabels=[])
+        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy")
+        ax.tick_params(labelbottom=False)
         ax.set_title(f"{who}: ECE {100 * rel['ece']:.2f}%  (top-1 {100 * rel['top1']:.1f}%)", fontsize=10)
         ax.legend(loc="upper left", fontsize=8)
         ax.grid(alpha=0.3)

@@ -56,7 +56,7 @@ def plot_centres(numbers: dict[str, Any], path: Path, title: str) -> Path:
     rows = len(names)
     fig = new_figure(13.0 if cos is not None else 11.0, 1.2 + 0.32 * rows * len(panels) + 0.6 * len(panels))
     ratios = [10, 0.25] + ([2.2] if cos is not None else [])
-    grid = fig.add_gridspec(len(panels), len(ratios), width_ratios=ratios, wspace=0.08 if cos is None else 0.12)
+    grid = fig.add_gridspec(len(panels), len(ratios), width_ratios=ratios, wspace=0.08 if cos is None else 0.3)
     image = None
     for n, (who, matrix) in enumerate(panels):
         ax = fig.add_subplot(grid[n, 0])
@@ -66,7 +66,7 @@ def plot_centres(numbers: dict[str, Any], path: Path, title: str) -> Path:
         ax.set_title(f"{who} centres ({matrix.shape[0]} classes x {matrix.shape[1]} dims)", fontsize=10)
         if n == len(panels) - 1:
             ax.set_xlabel("feature dimension")
-        if cos is not None:
+        if cos is not None and n == len(panels) - 1:  # one cosine panel, beside the student rows
             bars = fig.add_subplot(grid[n, 2])
             values = np.asarray(cos)
             bars.barh(range(rows), values, color=np.where(values >= 0, "tab:green", "tab:red"))

@@ -58,5 +58,5 @@ def plot_correlation(numbers: dict[str, Any], names: list[str], path: Path, titl
     ax.set_title(f"mean {numbers['mean']:.4f}, max {numbers['max']:.4f} (diagonal set to 0)", fontsize=10)
     fig.colorbar(image, ax=ax, label="|C_teacher - C_student| (mean logit)", fraction=0.046, pad=0.04)
     fig.suptitle(title)
-    fig.subplots_adjust(left=0.14, right=0.95, top=0.9, bottom=0.14 if k <= 20 else 0.08)
+    fig.subplots_adjust(left=0.14, right=0.95, top=0.9, bottom=0.2 if k <= 20 else 0.1)
     return save_figure(fig, path)
