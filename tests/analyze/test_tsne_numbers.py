@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pckd.analyze.tsne import embed, neighbour_agreement, select_points
+from pckd.analyze.tsne import embed, neighbour_agreement, plot_tsne, select_points
 from pckd.errors import UserError
 
 
@@ -26,7 +26,7 @@ def test_neighbour_agreement_matches_a_loop():
     assert neighbour_agreement(coords, labels, 5) == pytest.approx(total / 30)
 
 
-def test_embed_is_seeded_and_separates_clusters():
+def test_embed_is_seeded_and_separates_clusters(tmp_path):
     rng = np.random.default_rng(1)
     x = np.concatenate([rng.normal(size=(40, 64)) + 8 * k for k in range(3)])
     y = np.repeat(np.arange(3), 40)
@@ -35,3 +35,4 @@ def test_embed_is_seeded_and_separates_clusters():
     assert neighbour_agreement(a, y) > 0.95
     with pytest.raises(UserError, match="at least 5"):
         embed(x[:3], 0, 30.0, 250)
+    assert plot_tsne([("student", a, y), ("teacher", b, y)], ["a", "b", "c"], tmp_path / "t.png", "t-SNE").is_file()

@@ -1,5 +1,4 @@
-"""Fig. 8: scikit-learn's t-SNE of penultimate features, coloured by class (numbers only so far; the plot and
-the command are not written yet).
+"""Fig. 8: scikit-learn's t-SNE of penultimate features, coloured by class (the command is not written yet).
 
 Features wider than 50 are first reduced to 50 dimensions by PCA (the usual t-SNE preprocessing; it keeps the
 run time of 2,000 points near 12 s on a 2-core CPU), then embedded with a fixed seed and PCA initialisation.
@@ -7,8 +6,11 @@ run time of 2,000 points near 12 s on a 2-core CPU), then embedded with a fixed 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from pckd.analyze.output import class_label, new_figure, save_figure
 from pckd.errors import UserError
 
 PCA_DIMS = 50
@@ -56,3 +58,29 @@ def neighbour_agreement(coords: np.ndarray, labels: np.ndarray, k: int = 5) -> f
     np.fill_diagonal(dist, np.inf)
     nearest = np.argsort(dist, axis=1, kind="stable")[:, :k]
     return float((y[nearest] == y[:, None]).mean())
+
+
+def plot_tsne(panels: list[tuple[str, np.ndarray, np.ndarray]], names: list[str], path: Path, title: str) -> Path:
+    """One scatter per (name, coords [N, 2], labels [N]) panel, side by side, coloured by class, with one class
+    legend; each panel's title gives its k-NN class agreement."""
+    from matplotlib import colormaps
+
+    classes = sorted({int(k) for _, _, y in panels for k in np.asarray(y)})
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    fig = new_figure(4.6 * len(panels) + 2.2, 5.0)
+    handles = []
+    for n, (who, coords, labels) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), n + 1)
+        c, y = np.asarray(coords), np.asarray(labels)
+        for i, k in enumerate(classes):
+            pick = y == k
+            dots = ax.scatter(c[pick, 0], c[pick, 1], s=6, alpha=0.75, color=cmap(i % cmap.N), label=class_label(names, k))
+            if n == 0:
+                handles.append(dots)
+        ax.set_title(f"{who}\n5-NN class agreement {neighbour_agreement(c, y):.3f}", fontsize=10)
+        ax.set(xlabel="t-SNE 1", ylabel="t-SNE 2" if n == 0 else None, xticks=[], yticks=[])
+    fig.legend(handles, [h.get_label() for h in handles], loc="center right", title="class", fontsize=8,
+               markerscale=2.5, frameon=False)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.05, right=1 - 1.5 / fig.get_figwidth(), top=0.84, bottom=0.08, wspace=0.08)
+    return save_figure(fig, path)
