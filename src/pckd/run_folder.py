@@ -28,6 +28,7 @@ TENSORBOARD = "tensorboard"
 CRASH_LOG = "crash.log"
 MANIFEST = ".pckd-manifest.json"
 LOCK = ".pckd.lock"
+ANALYSIS = "analysis"  # the figures and numbers of `pckd analyze` (a folder)
 
 TRAINER_FILES = (CONFIG, ENV, METRICS, SUMMARY, LAST, PREVIOUS, BEST, TENSORBOARD, CRASH_LOG)
 CHECKPOINTS = (LAST, PREVIOUS)
