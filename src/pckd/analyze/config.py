@@ -1,4 +1,4 @@
-# ruff: noqa: UP045, RUF009  (Optional[...] as OmegaConf reads it; hp() is the declared-rule field helper)
+# ruff: noqa: UP045  (Optional[...] as OmegaConf reads it; hp() is the declared-rule field helper)
 """The settings of ``pckd analyze`` (keys ``analyze.*``) and the names of its figures."""
 
 from __future__ import annotations
