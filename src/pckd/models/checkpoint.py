@@ -226,27 +226,4 @@ def load_weights(
     return model
 
 
-def export_safetensors(
-    checkpoint_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    trust: bool = False,
-    key_name: str = "checkpoint",
-) -> Path:
-    """Write the model weights of a checkpoint to a ``.safetensors`` file and return its path."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise UserError("exporting to safetensors needs the safetensors package: pip install safetensors") from None
-    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
-    state = extract_state_dict(read_checkpoint(checkpoint_path, trust=trust, key_name=key_name), str(checkpoint_path))
-    if not out_path.parent.is_dir():
-        raise UserError(f"cannot write '{out_path}': folder '{out_path.parent}' does not exist")
-    # safetensors refuses tensors that share storage (tied weights): give each its own contiguous copy.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "source": checkpoint_path.name})
-    os.replace(tmp, out_path)  # atomic: a crash never leaves a half-written export behind
-    return out_path
-
-
-__all__ = ["export_safetensors", "extract_state_dict", "guess_architecture", "load_weights", "read_checkpoint"]
+__all__ = ["extract_state_dict", "guess_architecture", "load_weights", "read_checkpoint"]
