@@ -10,6 +10,13 @@ class UserError(Exception):
     exit_code = 2
 
 
+class WriteFailed(UserError):
+    """A file could not be written (disk full, quota, permissions); the message names the file. Exit 1: the
+    input was fine, the machine was not."""
+
+    exit_code = 1
+
+
 class PckdWarning(UserWarning):
     """Something the user should know that does not stop the run (e.g. resuming from ``last.prev.pt``);
     the CLI prints it as one ``pckd: warning: ...`` line."""

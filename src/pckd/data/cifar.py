@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pckd.data.safe_pickle import RefusedGlobal, load_data_pickle, refused_message
 from pckd.data.subset import check_labels
 from pckd.errors import UserError
 
@@ -88,6 +89,7 @@ def _find_folder(layout: _Layout, root: Path) -> Path | None:
 def _download(name: str, layout: _Layout, root: Path) -> None:
     from torchvision import datasets
 
+    # torchvision unpickles only the files it has just md5-checked against the official archive.
     cls = datasets.CIFAR100 if name == "cifar100" else datasets.CIFAR10
     try:
         cls(str(root), train=True, download=True)
@@ -100,9 +102,12 @@ def _download(name: str, layout: _Layout, root: Path) -> None:
 
 
 def _unpickle(path: Path) -> dict:
+    """A CIFAR pickle, read with the restricted unpickler (a planted file cannot run code)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return load_data_pickle(f, encoding="latin1")
+    except RefusedGlobal as exc:
+        raise UserError(refused_message(path, exc)) from exc
     except (OSError, pickle.UnpicklingError, EOFError, ValueError) as exc:
         raise UserError(
             f"data.root: cannot read CIFAR file '{path}' ({type(exc).__name__}); "
@@ -155,13 +160,13 @@ def load_cifar(
         )
 
     files = list(layout.train if train else layout.test)
-    for file, _ in files + [layout.meta]:
+    for file, _ in [*files, layout.meta]:
         if not (folder / file).is_file():
             raise UserError(
                 f"data.root: '{folder / file}' is missing; restore the complete {layout.folder}/ folder "
                 "or set data.download=true on an empty data.root"
             )
-    _check_canonical(name, layout, folder, files + [layout.meta])
+    _check_canonical(name, layout, folder, [*files, layout.meta])
 
     class_names = [str(c) for c in _unpickle(folder / layout.meta[0])[layout.names_key]]
     chunks, labels = [], []

@@ -2,12 +2,12 @@
 
 from pckd.models.adapter import as_feature_model
 from pckd.models.checkpoint import (
-    export_safetensors,
     extract_state_dict,
     load_weights,
     read_checkpoint,
     safetensors_metadata,
 )
+from pckd.models.export import export_safetensors
 from pckd.models.interface import FeatureModel, FeatureOutput
 from pckd.models.registry import create_model, list_models, model_summary
 

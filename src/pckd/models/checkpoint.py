@@ -226,35 +226,6 @@ def load_weights(
     return model
 
 
-def export_safetensors(
-    checkpoint_path: str | os.PathLike[str],
-    out_path: str | os.PathLike[str],
-    trust: bool = False,
-    key_name: str = "checkpoint",
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write the model weights of a checkpoint to a ``.safetensors`` file (its folder created, mode 0644, with
-    ``metadata`` in the header) and return its path."""
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise UserError("exporting to safetensors needs the safetensors package: pip install safetensors") from None
-    checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
-    state = extract_state_dict(read_checkpoint(checkpoint_path, trust=trust, key_name=key_name), str(checkpoint_path))
-    try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot write '{out_path}': folder '{out_path.parent}' cannot be created "
-                        f"({err.strerror or err})") from None
-    # safetensors refuses tensors that share storage (tied weights): give each its own contiguous copy.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "source": checkpoint_path.name, **(metadata or {})})
-    os.chmod(tmp, 0o644)  # a model file to share: readable by others, like any file cp would write
-    os.replace(tmp, out_path)  # atomic: a crash never leaves a half-written export behind
-    return out_path
-
-
 def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """The string metadata in a ``.safetensors`` header (empty for other files or none)."""
     path = Path(path)
@@ -271,5 +242,4 @@ def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         raise _corrupt(path, "checkpoint", err) from None
 
 
-__all__ = ["export_safetensors", "extract_state_dict", "guess_architecture", "load_weights", "read_checkpoint",
-           "safetensors_metadata"]
+__all__ = ["extract_state_dict", "guess_architecture", "load_weights", "read_checkpoint", "safetensors_metadata"]
