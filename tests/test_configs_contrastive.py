@@ -66,7 +66,7 @@ def test_ckd_flavours_never_share_an_output_dir():
 def test_ckd_imagenet_config():
     cfg = load_config(CONFIGS / "imagenet" / "ckd" / "e200_cosine" / "resnet34-resnet18.yaml")
     assert (cfg.method, cfg.teacher.arch, cfg.student.arch) == ("ckd", "torchvision.resnet34", "torchvision.resnet18")
-    assert cfg.teacher.checkpoint == "checkpoints/imagenet/resnet34-b627a593.pth"
+    assert (cfg.teacher.weights, cfg.teacher.checkpoint) == ("IMAGENET1K_V1", None)
     assert (cfg.ckd.weight, cfg.ckd.tau) == (10.0, 1.0)
     assert (cfg.train.epochs, cfg.train.schedule, cfg.train.lr) == (200, "cosine", 0.2)
     assert (cfg.train.batch_size, cfg.train.weight_decay, cfg.train.momentum) == (512, 1e-4, 0.9)

@@ -166,7 +166,8 @@ def test_imagenet_pckd_uses_the_kd_baseline_recipe_and_torchvision_teacher():
     cfg = cfg_of("imagenet/pckd/resnet34-resnet18.yaml")
     kd = cfg_of("imagenet/kd/resnet34-resnet18.yaml")
     assert (cfg.method, cfg.teacher.arch, cfg.student.arch) == ("pckd", "torchvision.resnet34", "torchvision.resnet18")
-    assert cfg.teacher.checkpoint == imagenet.TEACHER_WEIGHTS == "checkpoints/imagenet/resnet34-b627a593.pth"
+    # the published torchvision teacher, by its weights name (no file path the user has to find)
+    assert (cfg.teacher.weights, cfg.teacher.checkpoint) == (imagenet.TEACHER_WEIGHTS, None) == ("IMAGENET1K_V1", None)
     assert cfg.train == kd.train and cfg.data == kd.data  # only the method differs from the KD baseline
     assert (cfg.train.epochs, cfg.train.lr, cfg.train.batch_size) == (100, 0.1, 256)
     p = cfg.pckd

@@ -67,7 +67,7 @@ def imagenet_config() -> dict[str, Any]:
     return {
         "_base_": "imagenet/base.yaml",
         "method": "ckd",
-        "teacher": {"arch": base["teacher"]["arch"], "checkpoint": TEACHER_WEIGHTS},
+        "teacher": {"arch": base["teacher"]["arch"], "weights": TEACHER_WEIGHTS},
         "student": dict(base["student"]),
         "train": dict(IMAGENET_TRAIN),
         "ckd": ckd_section(10.0, 1.0),

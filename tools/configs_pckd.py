@@ -130,7 +130,7 @@ def imagenet_config() -> dict[str, Any]:
     return {
         "_base_": "imagenet/base.yaml",
         "method": "pckd",
-        "teacher": {"arch": "torchvision.resnet34", "checkpoint": TEACHER_WEIGHTS},
+        "teacher": {"arch": "torchvision.resnet34", "weights": TEACHER_WEIGHTS},
         "student": {"arch": "torchvision.resnet18"},
         "pckd": pckd_section("torchvision.resnet18", row),
         "output_dir": "runs/imagenet/pckd/resnet34-resnet18",

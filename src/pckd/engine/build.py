@@ -197,9 +197,10 @@ def build(cfg: Any) -> Built:
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
     teacher = None
     if spec.cls.uses_teacher(method_params(cfg)):
-        if not cfg.teacher.checkpoint:
+        if not cfg.teacher.checkpoint and not cfg.teacher.weights:
             raise UserError(
-                f"method={cfg.method} needs a trained teacher: set teacher.checkpoint=PATH "
+                f"method={cfg.method} needs a trained teacher: set teacher.checkpoint=PATH (or teacher.weights=NAME "
+                f"for published torchvision/timm weights) "
                 f"(train one with method=ce, e.g. 'pckd train configs/cifar100/teachers/{cfg.teacher.arch}.yaml')"
             )
         teacher = build_network(cfg.teacher, "teacher", data.num_classes, data.input_size)
