@@ -163,6 +163,7 @@ def _project_parts(spec: dict[str, Any], images: torch.Tensor, labels: torch.Ten
     """The trainer's step body as a callable (+ the bare networks and the teacher-mode timings if ``extras``)."""
     from pckd.config.schema import TrainConfig
     from pckd.data.augment import BatchAugment
+    from pckd.data.info import DataInfo
     from pckd.data.loader import InMemoryLoader
     from pckd.engine.build import prepare_teacher
     from pckd.engine.metrics import StepMeter
@@ -173,7 +174,7 @@ def _project_parts(spec: dict[str, Any], images: torch.Tensor, labels: torch.Ten
     if teacher is not None:  # as the trainer runs it: BatchNorms folded, channels_last on CPU (defaults)
         teacher = prepare_teacher(teacher, TrainConfig(channels_last=channels_last), 32, torch.device("cpu"))
     reg = method_registry()[method]
-    distiller = reg.cls(student, teacher, reg.params(), 100)
+    distiller = reg.cls(student, teacher, reg.params(), DataInfo(100, len(labels), 32, labels))
     if channels_last:
         distiller.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.05, momentum=0.9,

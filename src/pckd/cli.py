@@ -155,6 +155,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from pckd.analyze.command import run_analyze
+
+    # Items with '=' are overrides unless they name an existing file or folder (a path may hold '=').
+    overrides = [a for a in args.items if "=" in a and not os.path.exists(a)]
+    inputs = [a for a in args.items if a not in overrides]
+    result = run_analyze(inputs, args.figures, overrides, progress=sys.stderr.isatty())
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+ANALYZE_EPILOG = """figures: centres (Fig. 1), difficulty (Fig. 7), tsne (Fig. 8), correlation, calibration
+keys: analyze.classes=[0,1,...] analyze.checkpoint=best|last analyze.tsne_points=2000 analyze.difficulty=records|student
+      analyze.difficulty_count=8 analyze.bins=15 analyze.teacher=PATH analyze.teacher_arch=NAME analyze.output_dir=DIR
+      data.* / train.device / train.eval_batch_size as for 'pckd eval'; student.arch=NAME for foreign checkpoints
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pckd", description="Knowledge distillation of image classifiers.")
     from pckd import __version__
@@ -244,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the .safetensors file to write (its folder is created)")
     p.add_argument("overrides", nargs="*", help="student.trust_checkpoint=true for a trusted pickle file")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("analyze", help="the paper's figures (centres, difficulty, t-SNE) and correlation/calibration "
+                       "plots of runs", epilog=ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="+", metavar="RUN_OR_CHECKPOINT [key=value]",
+                   help="run folders or checkpoints (several: side by side), then key=value overrides")
+    p.add_argument("--figures", default=None, help="comma-separated names (default: all that apply)")
+    p.set_defaults(func=_cmd_analyze)
     parser.commands = dict(sub.choices)  # type: ignore[attr-defined]
     return parser
 
@@ -300,7 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) == 1 and argv[0] in commands and argv[0] not in ("demo", "models", "methods"):
         commands[argv[0]].print_help(sys.stderr)  # a bare command shows its help, not a terse usage error
         return 2
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value items after an option (`pckd analyze RUN --figures tsne data.test_limit=100`) belong to the
+    # command's trailing list; argparse stops collecting a positional list at the first option.
+    trailing = next((name for name in ("items", "overrides") if isinstance(getattr(args, name, None), list)), None)
+    if extra and (trailing is None or any(item.startswith("-") for item in extra)):
+        parser.parse_args(argv)  # the usual usage error, exit 2
+    if extra and trailing is not None:
+        getattr(args, trailing).extend(extra)
     if args.command is None:
         parser.print_help()
         return 2

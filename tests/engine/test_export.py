@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pckd.cli import main
+from pckd.data.digits import load_digits_split
 from pckd.engine.export import ARCH_KEY, CLASSES_KEY, NORMALISATION_KEY, input_normalisation
 from pckd.models import read_checkpoint, safetensors_metadata
 
@@ -39,7 +40,9 @@ def test_export_creates_the_folder_with_a_shareable_mode_and_a_header(digits_run
     meta = safetensors_metadata(out)
     assert meta[ARCH_KEY] == "resnet8" and meta[CLASSES_KEY] == "10"
     norm = json.loads(meta[NORMALISATION_KEY])
-    assert norm["input_size"] == 8 and len(norm["mean"]) == 3 and len(norm["std"]) == 3
+    images, _, _ = load_digits_split(train=False)  # the side the network was trained on, read off the data
+    assert norm["input_size"] == images.shape[-1] == images.shape[-2]
+    assert len(norm["mean"]) == 3 and len(norm["std"]) == 3
     assert sorted(read_checkpoint(out)) == sorted(read_checkpoint(digits_run / "best.pt", trust=False)["model"])
 
 

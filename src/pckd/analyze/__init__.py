@@ -1,3 +1,2 @@
-"""``pckd analyze``: the paper's figures and the field's analysis plots from run folders. Work in progress:
-the numeric functions of every figure and the centres/correlation/calibration/t-SNE plots; the command is not wired
-yet (docs/analyze.md)."""
+"""``pckd analyze``: the paper's figures (Figs. 1, 7, 8) and the field's analysis plots (class-correlation
+difference, calibration) from run folders or checkpoints; see docs/analyze.md."""

@@ -47,7 +47,7 @@ def plot_correlation(numbers: dict[str, Any], names: list[str], path: Path, titl
     k = diff.shape[0]
     top = vmax if vmax is not None else (numbers["max"] if np.isfinite(numbers["max"]) and numbers["max"] > 0 else 1.0)
     side = 6.0 if k <= 20 else 8.0
-    fig = new_figure(side + 1.6, side)
+    fig = new_figure(side + 0.9, side + 0.3)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(diff, cmap="PuBuGn", vmin=0.0, vmax=top, interpolation="nearest")
     if k <= 20:
@@ -58,5 +58,5 @@ def plot_correlation(numbers: dict[str, Any], names: list[str], path: Path, titl
     ax.set_title(f"mean {numbers['mean']:.4f}, max {numbers['max']:.4f} (diagonal set to 0)", fontsize=10)
     fig.colorbar(image, ax=ax, label="|C_teacher - C_student| (mean logit)", fraction=0.046, pad=0.04)
     fig.suptitle(title)
-    fig.subplots_adjust(left=0.14, right=0.95, top=0.9, bottom=0.2 if k <= 20 else 0.1)
+    fig.subplots_adjust(left=0.11, right=0.93, top=0.89, bottom=0.1 if k <= 20 else 0.07)
     return save_figure(fig, path)

@@ -1,5 +1,4 @@
-"""Fig. 7: the easiest and hardest training images by the difficulty s_i of Eq. 5 (numbers only so far; the
-image grid and the command are not written yet).
+"""Fig. 7: the easiest and hardest training images by the difficulty s_i of Eq. 5.
 
 s_i = CE_i / mean CE. From ``preview_records.csv`` it is what training computed (the batch mean of Eq. 5, for
 the last recorded epoch); recomputed with a student, the mean is taken over the whole training set.
@@ -9,9 +8,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from pckd.analyze.output import class_label, new_figure, save_figure
 from pckd.errors import UserError
 
 
@@ -51,3 +52,43 @@ def extremes(difficulty: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(s, kind="stable")
     hardest = np.argsort(-s, kind="stable")
     return order[:n], hardest[:n]
+
+
+GRID_COLUMNS = 8
+
+
+def plot_difficulty(groups: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], names: list[str], path: Path,
+                    title: str) -> Path:
+    """One block of images per (heading, images uint8 [n, 3, H, W], labels [n], s [n]) group, up to 8 per row,
+    each captioned with its class and its s_i."""
+    rows = [(g, i) for g, (_, images, _, _) in enumerate(groups) for i in range(0, len(images), GRID_COLUMNS)]
+    cols = min(GRID_COLUMNS, max(len(images) for _, images, _, _ in groups))
+    fig = new_figure(1.45 * cols + 0.4, 1.6 * len(rows) + 0.9)
+    grid = fig.add_gridspec(len(rows), cols, hspace=0.4, wspace=0.08)
+    for r, (g, start) in enumerate(rows):
+        heading, images, labels, scores = groups[g]
+        for c in range(cols):
+            ax = fig.add_subplot(grid[r, c])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            k = start + c
+            if k >= len(images):
+                ax.set_axis_off()
+                continue
+            ax.imshow(np.transpose(np.asarray(images[k]), (1, 2, 0)), interpolation="nearest")
+            ax.set_title(f"{class_label(names, int(labels[k]))}\ns = {float(scores[k]):.3g}", fontsize=8)
+            if c == 0 and start == 0:
+                ax.set_ylabel(heading, fontsize=10, fontweight="bold")
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.06, right=0.99, top=1 - 0.75 / fig.get_figheight(), bottom=0.02)
+    return save_figure(fig, path)
+
+
+def difficulty_numbers(index: np.ndarray, labels: np.ndarray, scores: np.ndarray, n: int,
+                       source: str) -> dict[str, Any]:
+    """The easiest and hardest samples (dataset index, label, s_i) and the summary of s, for the JSON."""
+    easy, hard = extremes(scores, n)
+    def pick(pos: np.ndarray) -> dict[str, Any]:
+        return {"index": index[pos], "label": labels[pos], "difficulty": scores[pos]}
+    return {"source": source, "samples": int(scores.size), "mean": float(scores.mean()) if scores.size else None,
+            "max": float(scores.max()) if scores.size else None, "easiest": pick(easy), "hardest": pick(hard)}

@@ -108,15 +108,12 @@ def uses_teacher(cfg: Any) -> bool:
 
 def _refuse_unused_teacher(cfg: Any, cli_layer: dict[str, Any]) -> None:
     """``teacher.*`` given on the command line of a method that never uses a teacher would be silently ignored."""
-    from pckd.methods.base import Distiller, method_registry
+    from pckd.methods.base import method_registry
 
     given = cli_layer.get("teacher")
     if not isinstance(given, dict) or not given or uses_teacher(cfg):
         return
-    cls = method_registry()[cfg.method].cls
-    if cls.uses_teacher.__func__ is not Distiller.uses_teacher.__func__:  # type: ignore[attr-defined]
-        # The need depends on the settings (PCKD's CE-only ablation rows): the teacher keys are shared by the
-        # rows of one grid, so they are kept quietly rather than refused.
+    if method_registry()[cfg.method].cls.teacher_need_varies:
         return
     keys = ", ".join(f"teacher.{k}" for k in given)
     hint = f"set student.arch={given['arch']} to train that network" if "arch" in given else "drop them"

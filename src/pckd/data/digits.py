@@ -17,6 +17,8 @@ from torch import Tensor
 TEST_SIZE = 360
 SPLIT_SEED = 0
 CLASS_NAMES = [str(d) for d in range(10)]
+UPSCALE = 4  # 8x8 -> 32x32, the CIFAR zoo's input side
+IMAGE_SIZE = 8 * UPSCALE
 
 
 @lru_cache(maxsize=1)
@@ -26,8 +28,8 @@ def _arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
     digits = load_digits()
     grey = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8)  # [N,8,8]
-    big = grey.repeat(4, axis=1).repeat(4, axis=2)  # nearest-neighbour 8x8 -> 32x32
-    rgb = np.ascontiguousarray(np.broadcast_to(big[:, None], (grey.shape[0], 3, 32, 32)))
+    big = grey.repeat(UPSCALE, axis=1).repeat(UPSCALE, axis=2)  # nearest-neighbour
+    rgb = np.ascontiguousarray(np.broadcast_to(big[:, None], (grey.shape[0], 3, IMAGE_SIZE, IMAGE_SIZE)))
     labels = digits.target.astype(np.int64)
     x_train, x_test, y_train, y_test = train_test_split(
         rgb, labels, test_size=TEST_SIZE, random_state=SPLIT_SEED, stratify=labels

@@ -28,10 +28,10 @@ def input_normalisation(data: dict[str, Any]) -> dict[str, Any] | None:
 
     name = str(data.get("name", ""))
     if name == "digits":
-        from pckd.data.digits import digits_normalization
+        from pckd.data.digits import IMAGE_SIZE, digits_normalization
 
         mean, std = digits_normalization()
-        side = 8
+        side = IMAGE_SIZE
     elif name == "imagefolder":
         mean, std = NORMALIZATION["imagenet"]
         side = int(data.get("image_size", 224))

@@ -66,6 +66,9 @@ class Distiller(nn.Module):
 
     # Whether the method uses a teacher in its default configuration (see :meth:`uses_teacher`).
     needs_teacher: ClassVar[bool] = False
+    # True where `uses_teacher` depends on the hyper-parameters (PCKD's CE-only ablation rows), so teacher keys
+    # shared by the rows of one grid are kept rather than refused.
+    teacher_need_varies: ClassVar[bool] = False
     # Files the method writes into the run folder (``on_epoch_end`` through the writer); removed on overwrite.
     output_files: ClassVar[tuple[str, ...]] = ()
     # Whether some trainable parameters get no gradient in some steps (heads of one stage of a two-stage method):

@@ -56,6 +56,7 @@ class PCKD(Distiller):
     """
 
     needs_teacher = True
+    teacher_need_varies = True
     output_files = (RECORDS_CSV, HISTORY_JSON)
     params: PCKDParams
 
