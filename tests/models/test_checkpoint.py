@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import collections
+import os
 from pathlib import Path
 from typing import Any
 
@@ -95,14 +97,75 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
 
 
 def test_trusted_file_with_objects_loads(source: torch.nn.Module, tmp_path: Path) -> None:
-    path = tmp_path / "with_args.pth"
-    torch.save({"model": source.state_dict(), "opt": argparse.Namespace(lr=0.05)}, path)
-    with pytest.raises(UserError, match="argparse.Namespace.*student.trust_checkpoint"):
+    path = tmp_path / "with_objects.pth"
+    torch.save({"model": source.state_dict(), "history": collections.OrderedDict(a=1), "fn": print}, path)
+    with pytest.raises(UserError, match=r"\(print\).*student.trust_checkpoint"):
         read_checkpoint(path, key_name="student.checkpoint")
-    assert read_checkpoint(path, trust=True)["opt"].lr == 0.05
+    assert read_checkpoint(path, trust=True)["fn"] is print
     target = create_model("resnet8", num_classes=10)
     load_weights(target, path, trust=True)
     torch.testing.assert_close(target.state_dict()["fc.weight"], source.state_dict()["fc.weight"])
+
+
+def _written_on_cuda_device(state: dict[str, torch.Tensor], path: Path) -> None:
+    """torch.save of tensors that lived on cuda:0, as a GPU training script writes them: the storages are
+    tagged with location 'cuda:0' (re-tagged here through torch's own location hook, so no GPU is needed)."""
+    import torch.serialization as ser
+
+    original = ser.location_tag
+    ser.location_tag = lambda storage: "cuda:0"  # type: ignore[assignment]
+    try:
+        torch.save(state, path)
+    finally:
+        ser.location_tag = original
+
+
+@pytest.mark.parametrize("layout", ["repdistiller_last", "repdistiller_best", "mdistiller_student_best",
+                                    "cuda_tagged", "dataparallel"])
+def test_published_formats_load_without_the_trust_flag(source: torch.nn.Module, tmp_path: Path, layout: str) -> None:
+    import numpy as np
+
+    state = source.state_dict()
+    if layout == "repdistiller_last":  # train_teacher.py / train_student.py: the options ride along
+        path = tmp_path / "resnet8_last.pth"
+        opt = argparse.Namespace(model="resnet8", learning_rate=0.05, lr_decay_epochs=[150, 180, 210], trial="0")
+        torch.save({"opt": opt, "model": state, "optimizer": {"state": {}, "param_groups": []}}, path)
+    elif layout == "repdistiller_best":  # the accuracy is a numpy/tensor scalar
+        path = tmp_path / "resnet8_best.pth"
+        torch.save({"epoch": 240, "model": state, "best_acc": np.float64(72.34), "accuracy": torch.tensor(72.3)}, path)
+    elif layout == "mdistiller_student_best":  # extension-less file, numpy accuracy
+        path = tmp_path / "student_best"
+        torch.save({"model": state, "optimizer": {}, "best_acc": np.float32(70.1), "epoch": np.int64(240)}, path)
+    elif layout == "cuda_tagged":
+        path = tmp_path / "ckpt_epoch_240.pth"
+        _written_on_cuda_device({"model": state, "accuracy": np.float64(72.34)}, path)
+    else:  # nn.DataParallel / DDP
+        path = tmp_path / "dp.pth"
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    target = create_model("resnet8", num_classes=10)
+    load_weights(target, path)  # no trust flag
+    for key, value in state.items():
+        torch.testing.assert_close(target.state_dict()[key], value)
+
+
+def test_the_published_format_allow_list_still_refuses_code(tmp_path: Path) -> None:
+    import numpy as np
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):  # a Namespace-shaped file whose value would run a command when unpickled
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "resnet8_last.pth"
+    torch.save({"opt": argparse.Namespace(model="resnet8", hook=Payload()), "best_acc": np.float64(1.0)}, path)
+    with pytest.raises(UserError, match=r"\(posix.system\) and was NOT loaded or executed"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    arrays = tmp_path / "arrays.pth"
+    torch.save({"stats": np.zeros(3)}, arrays)  # numpy arrays are not in the allow-list
+    with pytest.raises(UserError, match="numpy"):
+        read_checkpoint(arrays)
 
 
 def test_wrong_architecture_names_file_keys_and_guess(source: torch.nn.Module, tmp_path: Path) -> None:

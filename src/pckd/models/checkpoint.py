@@ -1,7 +1,8 @@
 """Read checkpoint files safely, find the weights inside them and load them into a model.
 
-Files are read with ``torch.load(weights_only=True)``: tensors and plain containers only, so a file that
-carries pickled code is refused before anything in it runs. Only an explicit trust flag unpickles fully.
+Files are read with ``torch.load(weights_only=True)``: tensors, plain containers and the few objects published
+KD checkpoints hold (``safe_globals.py``), so a file that carries pickled code is refused before anything in it
+runs. Only an explicit trust flag unpickles fully.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ import torch
 from torch import Tensor, nn
 
 from pckd.errors import UserError
+from pckd.models.safe_globals import published_formats
 
 _CONTAINER_KEYS = ("model", "state_dict", "model_state_dict", "net")  # pckd/RepDistiller/mdistiller, Lightning, others
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP/DataParallel and torch.compile
-_FORBIDDEN_GLOBAL = re.compile(r"Unsupported (?:global|class):? (?:GLOBAL )?([\w.]+)")
+# torch names the refused global in two phrasings ("Unsupported global: GLOBAL x.y", "unsupported GLOBAL x.y whose
+# module x is blocked").
+_FORBIDDEN_GLOBAL = re.compile(r"(?:Unsupported (?:global|class):? (?:GLOBAL )?|unsupported GLOBAL )([\w.]+)")
 _SHOWN_KEYS = 3
 
 
@@ -64,7 +68,8 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False, key_name:
     if path.suffix == ".safetensors":
         return _read_safetensors(path, key_name)
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with published_formats():  # RepDistiller's Namespace and numpy accuracies load without trust
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
         found = _FORBIDDEN_GLOBAL.findall(str(err))
         if found and not trust:
