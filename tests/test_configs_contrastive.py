@@ -45,7 +45,7 @@ def test_ckd_cifar_configs_follow_released_recipe(flavour):
         cfg = load_config(folder / f"{teacher}-{student}.yaml")
         assert cfg.method == "ckd"
         assert (cfg.teacher.arch, cfg.student.arch) == (teacher, student)
-        assert cfg.teacher.checkpoint == f"runs/cifar100/teachers/{teacher}/last.pt"
+        assert cfg.teacher.checkpoint == f"zoo:{teacher}"  # the published teacher (pckd teachers fetch)
         assert (cfg.ckd.weight, cfg.ckd.tau, cfg.ckd.ce_weight) == (weight, tau, 1.0)
         assert (cfg.ckd.symmetric, cfg.ckd.negatives) == (False, "teacher_student")
         assert (cfg.train.batch_size, cfg.train.lr) == (batch, lr)

@@ -33,7 +33,9 @@ def student_lr(student: str) -> float:
 
 
 def teacher_ckpt(teacher: str, method: str = "ce") -> str:
-    folder = "teachers" if method == "ce" else f"teachers_{method}"
+    if method == "ce":  # the published CRD teachers the paper's tables use ('pckd teachers fetch all')
+        return f"zoo:{teacher}"
+    folder = f"teachers_{method}"
     return f"runs/cifar100/{folder}/{teacher}/last.pt"
 
 

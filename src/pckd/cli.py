@@ -166,6 +166,21 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_teachers(args: argparse.Namespace) -> int:
+    from pckd.teachers import command
+
+    if args.action == "list":
+        print(command.list_table())
+    elif args.action == "path":
+        if len(args.names) != 1:
+            raise UserError("pckd teachers path takes one teacher name, e.g. 'pckd teachers path resnet32x4'")
+        print(command.path_of(args.names[0]))
+    else:
+        rows = command.fetch_command(args.names, args.force, args.data_root, args.test_limit, sys.stderr.isatty())
+        print(json.dumps(rows, indent=2))
+    return 0
+
+
 ANALYZE_EPILOG = """figures: centres (Fig. 1), difficulty (Fig. 7), tsne (Fig. 8), correlation, calibration
 keys: analyze.classes=[0,1,...] analyze.checkpoint=best|last analyze.tsne_points=2000 analyze.difficulty=records|student
       analyze.difficulty_count=8 analyze.bins=15 analyze.teacher=PATH analyze.teacher_arch=NAME analyze.output_dir=DIR
@@ -262,6 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="the .safetensors file to write (its folder is created)")
     p.add_argument("overrides", nargs="*", help="student.trust_checkpoint=true for a trusted pickle file")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("teachers", help="published teachers: list, fetch NAME... | all, path NAME (zoo:NAME in configs)",
+                       epilog="the cache is $PCKD_HOME/teachers (default ~/.cache/pckd); PCKD_TEACHERS_URL names a "
+                       "mirror (a base URL or a local folder holding cifar_teachers.tar)")
+    p.add_argument("action", choices=["list", "fetch", "path"])
+    p.add_argument("names", nargs="*", help="teacher names (fetch: or 'all')")
+    p.add_argument("--force", action="store_true", help="fetch again even if the cached file is intact")
+    p.add_argument("--data-root", default="./data",
+                   help="after a fetch, evaluate each teacher on the CIFAR-100 test set here if present (default ./data)")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
+    p.set_defaults(func=_cmd_teachers)
 
     p = sub.add_parser("analyze", help="the paper's figures (centres, difficulty, t-SNE) and correlation/calibration "
                        "plots of runs", epilog=ANALYZE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

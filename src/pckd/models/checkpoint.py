@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from pckd.errors import UserError
+from pckd.models.published.cache import is_zoo
+from pckd.models.published.cache import resolve as resolve_zoo
 from pckd.models.safe_globals import published_formats
 
 _CONTAINER_KEYS = ("model", "state_dict", "model_state_dict", "net")  # pckd/RepDistiller/mdistiller, Lightning, others
@@ -59,8 +61,9 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False, key_name:
     ``.safetensors`` files are read with safetensors. Other files go through ``torch.load`` with
     ``weights_only=True`` unless ``trust`` is set; a file that needs arbitrary unpickling is refused with a
     UserError (nothing in it is executed). ``key_name`` is the config key the path came from, for messages.
+    ``zoo:NAME`` reads the cached published teacher NAME (``pckd teachers fetch NAME``).
     """
-    path = Path(path)
+    path = resolve_zoo(path, key_name) if is_zoo(path) else Path(path)
     if not path.exists():
         raise UserError(f"checkpoint '{path}' ({key_name}) not found: check the path")
     if not path.is_file():

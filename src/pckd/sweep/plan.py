@@ -180,6 +180,16 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: value}
 
 
+def _teacher_exists(checkpoint: str, cwd: Path) -> bool:
+    """A teacher path as a run will read it: ``zoo:NAME`` in the teacher cache, other ``scheme:`` paths
+    assumed present, files relative to the sweep's folder."""
+    from pckd.models.published.cache import PREFIX, teacher_file
+
+    if checkpoint.startswith(PREFIX):
+        return teacher_file(checkpoint[len(PREFIX):]).is_file()
+    return ":" in checkpoint or (cwd / checkpoint).exists()
+
+
 def _changed_keys(planned: dict[str, Any], run_dir: Path) -> list[str]:
     """Keys (present in both) whose value in the run's saved config.yaml differs from the plan's."""
     import yaml
@@ -225,8 +235,7 @@ def check_plan(plan: Plan, progress: bool = True, warn: Callable[[str], None] | 
             shown = f" with {' '.join(overrides)}" if overrides else ""
             raise UserError(f"sweep run {runs[0].label} ({config}{shown}): {exc}") from None
         checkpoint = getattr(getattr(cfg, "teacher", None), "checkpoint", None)
-        if isinstance(checkpoint, str) and checkpoint and ":" not in checkpoint and _uses_teacher(cfg) \
-                and not (plan.cwd / checkpoint).exists():
+        if isinstance(checkpoint, str) and checkpoint and _uses_teacher(cfg) and not _teacher_exists(checkpoint, plan.cwd):
             missing[checkpoint] = missing.get(checkpoint, 0) + len(runs)
         planned = _flat(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
         for run in runs:
@@ -240,7 +249,7 @@ def check_plan(plan: Plan, progress: bool = True, warn: Callable[[str], None] | 
         shown = ", ".join(f"{path} ({n} run{'s' * (n > 1)})" for path, n in list(missing.items())[:3])
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         warn(f"teacher checkpoint(s) not found: {shown}{more}; runs that need a teacher will stop with exit 2 "
-             f"until it exists (train or fetch it first)")
+             f"until it exists (train it, or 'pckd teachers fetch NAME' for zoo:NAME)")
     if changed:
         warn(f"{len(changed)} run folder(s) hold a run of a different config than the plan now gives (the config "
              f"file changed since), e.g. {changed[0]}; the sweep keeps them as they are: move a folder away to "
