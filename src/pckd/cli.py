@@ -106,9 +106,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
         if kind != "sensitivity":
             raise UserError(f"--plot {kind} {key}: unknown plot '{kind}'; available: sensitivity "
                             f"(e.g. --plot sensitivity pckd.fa_weight)")
-    path = write_report(args.paths, args.output_dir, metric=args.metric, plots=not args.no_plots, echo=print)
+    path = write_report(args.paths, args.output_dir, metric=args.metric, plots=not args.no_plots, echo=print,
+                        published=not args.no_published)
+    paper = path.with_name("paper.csv")
+    beside = f", {paper}" if not args.no_published and paper.is_file() else ""
     curves = "" if args.no_plots else f" and the PNG curves in {path.parent}"
-    print(f"wrote {path}, {path.with_name('report.csv')}{curves}")
+    print(f"wrote {path}, {path.with_name('report.csv')}{beside}{curves}")
     if plots:
         from pckd.report.sensitivity import write_sensitivity
 
@@ -240,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=["best", "last"], default="best",
                    help="top-1 of each run's best epoch (default, as the reference code reports) or its last")
     p.add_argument("--no-plots", action="store_true", help="write the tables only")
+    p.add_argument("--no-published", action="store_true",
+                   help="leave out the PCKD paper's published tables (measured | paper | difference) and paper.csv")
     p.add_argument("--plot", nargs=2, action="append", metavar=("KIND", "KEY"),
                    help="an extra figure: 'sensitivity KEY' draws top-1 against the value of config key KEY "
                         "(e.g. pckd.fa_weight) with error bars over seeds, as Fig. 5 (repeat for several keys)")

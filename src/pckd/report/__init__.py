@@ -10,6 +10,8 @@ from pckd.errors import PckdWarning, UserError
 from pckd.report.collect import RunRecord, collect_runs
 from pckd.report.tables import Table, build_tables, render_markdown, write_csv
 
+PAPER_CSV = "paper.csv"
+
 __all__ = ["RunRecord", "Table", "build_tables", "collect_runs", "render_markdown", "write_csv", "write_report"]
 
 
@@ -37,10 +39,12 @@ def _preview_figures(runs: list[RunRecord], out_dir: Path, on_problem: Callable[
 
 
 def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: bool = True,
-                 echo: Callable[[str], None] | None = None) -> Path:
+                 echo: Callable[[str], None] | None = None, published: bool = True) -> Path:
     """Collect the runs under ``paths`` and write ``report.md``, ``report.csv`` and (with matplotlib) the PNG
-    curves into ``out_dir``; returns the path of ``report.md``. ``echo`` (e.g. ``print``) also gets the tables'
-    Markdown. Problems with run files become warning lines (and a section of the report), never exceptions."""
+    curves into ``out_dir``; returns the path of ``report.md``. With ``published``, each table of the PCKD paper
+    that the runs measure is shown beside them (measured, paper, difference) and written to ``paper.csv``.
+    ``echo`` (e.g. ``print``) also gets the tables' Markdown. Problems with run files become warning lines (and
+    a section of the report), never exceptions."""
     out_dir = Path(out_dir)
     problems: list[str] = []
 
@@ -75,6 +79,15 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
     parts += [render_markdown(table) for table in tables]
     if probes:
         parts.append(render_probe_table(probes))
+    (out_dir / PAPER_CSV).unlink(missing_ok=True)  # never a paper.csv left from an earlier report
+    if published:
+        from pckd.report.paper import compare_published
+        from pckd.report.paper_tables import render_paper_markdown, write_paper_csv
+
+        comparisons = compare_published(runs, probes, metric)
+        if comparisons:
+            write_paper_csv(comparisons, out_dir / PAPER_CSV)
+            parts += [render_paper_markdown(c) for c in comparisons]
     if echo is not None:
         echo("\n".join(parts[1:]))
     if figures:

@@ -1,0 +1,208 @@
+"""The report beside the paper: the shipped published numbers against the spec's Markdown tables, and measured /
+paper / Δ cells of hand-built run folders against hand-computed numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pckd.cli import main
+from pckd.report import write_report
+from pckd.report.paper import load_published
+
+from .test_report import RESNET, make_run
+
+# ---------------------------------------------------------------------------------------------------- the spec
+
+
+def _spec_table(lines: list[str], heading: str) -> tuple[list[str], list[list[str]]]:
+    """Header and body rows of the first Markdown table after the line starting with ``heading``."""
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    table = []
+    for line in lines[start + 1:]:
+        if line.startswith("|"):
+            table.append([c.strip().replace("**", "") for c in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    return table[0], table[2:]
+
+
+def _spec_number(text: str) -> float | None:
+    """``76.97(2.05)`` -> 76.97 (the parentheses hold |method − KD|); ``NA`` -> None."""
+    if text == "NA":
+        return None
+    match = re.fullmatch(r"(\d+\.\d+)(\(\d+\.\d+\))?", text)
+    assert match, f"unexpected cell {text!r} in the spec"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="module")
+def spec_lines(shared_data: Path) -> list[str]:
+    path = shared_data.parent / "spec" / "methods.md"
+    if not path.is_file():
+        pytest.skip(f"spec not found at {path}")
+    return path.read_text().splitlines()
+
+
+def test_published_numbers_equal_the_spec_tables(spec_lines) -> None:
+    headings = {"I": "**Table I:", "II": "**Table II:", "III": "**Table III:", "IV": "**Table IV:"}
+    tables = {t.table: t for t in load_published()}
+    assert sorted(tables) == sorted(headings)
+    checked = 0
+    for name, heading in headings.items():
+        header, body = _spec_table(spec_lines, heading)
+        shipped = tables[name]
+        assert list(shipped.columns) == header[1:], name
+        assert list(shipped.rows) == [row[0] for row in body], name
+        for row in body:
+            for column, text in zip(header[1:], row[1:]):
+                assert shipped.cells[(row[0], column)].published == _spec_number(text), (name, row[0], column)
+                checked += 1
+    assert checked == 23 * 7 + 22 * 6 + 2 * 10 + 2 * 9
+
+
+def test_shipped_tables_name_their_source_and_keep_na() -> None:
+    tables = {t.table: t for t in load_published()}
+    for table in tables.values():
+        assert table.arxiv == "2410.14143v1" and "PCKD" in table.paper
+    # NA cells of the paper (read off the PDF's Table I / II)
+    assert tables["I"].cells[("FSP", "WRN-40-2→WRN-40-1")].published is None
+    assert tables["I"].cells[("LSKD", "VGG13→VGG8")].published is None
+    assert tables["II"].cells[("MLD", "ResNet50→VGG8")].published is None
+    # the paper's LSKD is not pckd's lskd: no method maps to it
+    assert tables["I"].cells[("LSKD", "ResNet32x4→ResNet8x4")].method is None
+    pckd = tables["I"].cells[("PCKD", "ResNet32x4→ResNet8x4")]
+    assert (pckd.method, pckd.variant, pckd.teacher, pckd.student, pckd.published) == (
+        "pckd", "full", "resnet32x4", "resnet8x4", 77.14)
+
+
+# ------------------------------------------------------------------------------------------ measured vs paper
+
+
+def _markdown_rows(text: str, heading: str) -> tuple[list[str], dict[str, list[str]]]:
+    """Header and rows (by first cell) of the Markdown table after ``heading`` in the report."""
+    lines = text[text.index(heading):].splitlines()
+    table = []
+    for line in lines[1:]:
+        if line.startswith("|"):
+            table.append([c.strip() for c in line.strip().strip("|").split("|")])
+        elif table:
+            break
+    return table[0], {row[0]: row[1:] for row in table[2:]}
+
+
+@pytest.fixture
+def cifar_runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    make_run(root, "kd1", "kd", RESNET, "resnet8x4", 1, [70.0, 73.0], teacher_top1=79.5)
+    make_run(root, "kd2", "kd", RESNET, "resnet8x4", 2, [74.0, 72.0], teacher_top1=79.5)
+    make_run(root, "pckd", "pckd", RESNET, "resnet8x4", 1, [76.0, 77.5], teacher_top1=79.5)
+    make_run(root, "wo_kd1", "pckd", RESNET, "resnet8x4", 1, [76.25], teacher_top1=79.5, extra=["pckd.kd_weight=0"])
+    make_run(root, "wo_kd2", "pckd", RESNET, "resnet8x4", 2, [76.75], teacher_top1=79.5, extra=["pckd.kd_weight=0"])
+    # an ablation (no category alignment) is none of the paper's Table I rows
+    make_run(root, "ablation", "pckd", RESNET, "resnet8x4", 3, [60.0], teacher_top1=79.5, extra=["pckd.ca_weight=0"])
+    make_run(root, "lskd", "lskd", RESNET, "resnet8x4", 1, [74.0], teacher_top1=79.5)
+    make_run(root, "scratch", "ce", None, "resnet8x4", 1, [71.0, 72.0])
+    make_run(root, "fsp", "fsp", ("wrn_40_2", "wrn_40_1"), "wrn_40_1", 1, [72.0], teacher_top1=75.0)
+    return root
+
+
+def test_report_shows_measured_paper_and_difference(cifar_runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    text = write_report([cifar_runs], out, plots=False).read_text()
+    header, rows = _markdown_rows(text, "## Beside the paper: Table I")
+    # only the pairs with runs, in the paper's order, each as measured | paper | Δ
+    assert header == ["Method", "WRN-40-2→WRN-40-1", "paper", "Δ", "ResNet32x4→ResNet8x4", "paper", "Δ"]
+    # kd: best epochs 73 and 74 -> mean 73.5, sample std sqrt(2 * 0.5² / 1) = 0.7071; paper 73.33
+    assert rows["KD"][3:] == ["73.50 ± 0.71 (n=2)", "73.33", "+0.17"]
+    assert rows["Teacher"][3:] == ["79.50 (n=1)", "79.42", "+0.08"]  # one teacher checkpoint
+    assert rows["Student"][3:] == ["72.00 (n=1)", "72.50", "-0.50"]  # ce without a teacher, best epoch 72
+    assert rows["PCKD"][3:] == ["77.50 (n=1)", "77.14", "+0.36"]
+    # kd_weight=0: 76.25 and 76.75 -> 76.5 ± 0.3536; paper 76.89
+    assert rows["PCKD (w/o L_KD)"][3:] == ["76.50 ± 0.35 (n=2)", "76.89", "-0.39"]
+    assert rows["LSKD †"][3:] == ["–", "74.38", "–"]  # our lskd run is not the paper's LSKD
+    assert rows["FitNet"][3:] == ["–", "73.50", "–"]  # no run: the published value alone
+    assert rows["FSP"][:3] == ["72.00 (n=1)", "NA", "–"]  # the paper's NA stays NA
+    assert rows["FSP"][3:] == ["–", "72.62", "–"]
+    assert "not shown (no run): WRN-40-2→WRN-16-2, ResNet56→ResNet20" in text
+    assert "## Beside the paper: Table II" not in text  # no run of a Table II pair
+
+    with open(out / "paper.csv") as handle:
+        lines = {(r["table"], r["row"], r["column"]): r for r in csv.DictReader(handle)}
+    assert len(lines) == 23 * 7  # every cell of Table I, measured or not
+    kd = lines[("I", "KD", "ResNet32x4→ResNet8x4")]
+    assert (kd["measured_mean"], kd["measured_std"], kd["n"], kd["published"], kd["diff"]) == (
+        "73.5000", "0.7071", "2", "73.33", "0.1700")
+    assert sorted(Path(p).name for p in kd["runs"].split()) == ["kd1", "kd2"]
+    fsp = lines[("I", "FSP", "WRN-40-2→WRN-40-1")]
+    assert (fsp["measured_mean"], fsp["published"], fsp["diff"]) == ("72.0000", "NA", "")
+    pckd = lines[("I", "PCKD", "ResNet32x4→ResNet8x4")]
+    assert Path(pckd["runs"]).name == "pckd"  # not the ablation
+    assert lines[("I", "MLD", "VGG13→VGG8")]["n"] == "0"
+
+
+def test_last_metric_and_no_published(cifar_runs: Path, tmp_path: Path) -> None:
+    text = write_report([cifar_runs], tmp_path / "last", metric="last", plots=False).read_text()
+    _, rows = _markdown_rows(text, "## Beside the paper: Table I")
+    assert rows["KD"][3:] == ["72.50 ± 0.71 (n=2)", "73.33", "-0.83"]  # last epochs 73 and 72
+    out = tmp_path / "plain"
+    text = write_report([cifar_runs], out, plots=False, published=False).read_text()
+    assert "Beside the paper" not in text and not (out / "paper.csv").exists()
+
+
+def test_short_runs_and_subsets_are_flagged(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, "kd", "kd", RESNET, "resnet8x4", 1, [10.0, 12.0], teacher_top1=79.5, epochs=2,
+             extra=["data.train_limit=500"])
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    _, rows = _markdown_rows(text, "## Beside the paper: Table I")
+    assert rows["KD"] == ["12.00 (n=1)", "73.33", "-61.33"]
+    assert "measured on a subset of the data (cifar100 (train_limit=500))" in text
+    assert "runs planned for 2 epoch(s); the paper's CIFAR runs train 240" in text
+
+
+def test_imagenet_table_top1_and_top5(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    pair = ("torchvision.resnet34", "torchvision.resnet18")
+    imagenet = ["data.name=imagefolder", "data.root=/data/imagenet"]
+    make_run(root, "kd", "kd", pair, pair[1], 1, [70.0, 71.0], teacher_top1=73.3, extra=imagenet)
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    header, rows = _markdown_rows(text, "## Beside the paper: Table III")
+    assert header == ["Method", "Top-1", "paper", "Δ", "Top-5", "paper", "Δ"]
+    # make_run's summary records last_top5 = 90.0
+    assert rows["KD"] == ["71.00 (n=1)", "70.66", "+0.34", "90.00 (n=1)", "89.88", "+0.12"]
+    assert rows["Teacher"][:3] == ["73.30 (n=1)", "73.31", "-0.01"]
+    assert rows["MLD †"] == ["–", "71.90", "–", "–", "90.55", "–"]
+    assert "## Beside the paper: Table I\n" not in text
+
+
+def test_probe_results_fill_table_iv(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    run = make_run(root, "pckd", "pckd", ("resnet110", "resnet20"), "resnet20", 1, [72.0], teacher_top1=74.0)
+    for i, (target, top1) in enumerate([("stl10", 68.0), ("stl10", 69.0), ("tiny-imagenet-200", 35.0)]):
+        probe = root / f"probe{i}"
+        probe.mkdir()
+        (probe / "probe.json").write_text(json.dumps({
+            "best_top1": top1, "checkpoint": str(run / "last.pt"), "arch": "resnet20",
+            "data": {"name": "imagefolder", "root": f"/data/{target}"}}))
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    header, rows = _markdown_rows(text, "## Beside the paper: Table IV")
+    assert header == ["Method", "CIFAR-100→STL-10", "paper", "Δ", "CIFAR-100→TinyImageNet", "paper", "Δ"]
+    # 68 and 69 -> 68.5 ± 0.7071; paper 68.85
+    assert rows["PCKD"] == ["68.50 ± 0.71 (n=2)", "68.85", "-0.35", "35.00 (n=1)", "34.88", "+0.12"]
+    assert rows["KD"] == ["–", "62.96", "–", "–", "29.21", "–"]
+
+
+def test_cli_no_published(cifar_runs: Path, tmp_path: Path, capsys) -> None:
+    assert main(["report", str(cifar_runs), "--output-dir", str(tmp_path / "a"), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Beside the paper: Table I" in printed and "paper.csv" in printed
+    assert main(["report", str(cifar_runs), "--output-dir", str(tmp_path / "a"), "--no-plots",
+                 "--no-published"]) == 0
+    printed = capsys.readouterr().out
+    assert "Beside the paper" not in printed and "paper.csv" not in printed
+    assert not (tmp_path / "a" / "paper.csv").exists()  # the earlier report's file is gone
