@@ -61,3 +61,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+SMALL_TEACHERS = ("resnet56", "wrn_40_2")  # small enough for a test archive of published teachers
+
+
+@pytest.fixture
+def small_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The published-teacher registry reduced to SMALL_TEACHERS (and the ImageNet entries)."""
+    from pckd.models.published import registry
+
+    for name in list(registry.TEACHERS):
+        if registry.TEACHERS[name].archive is not None and name not in SMALL_TEACHERS:
+            monkeypatch.delitem(registry.TEACHERS, name)

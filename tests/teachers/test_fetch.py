@@ -26,7 +26,7 @@ from pckd.cli import main
 from pckd.models import create_model, read_checkpoint
 from pckd.models.published import registry
 
-KEPT = ("resnet56", "wrn_40_2")  # small enough for a test archive; the others are dropped from the registry
+from ..conftest import SMALL_TEACHERS as KEPT  # the small_registry fixture drops the other teachers
 
 
 class Payload:
@@ -102,13 +102,6 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture
-def small_registry(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(registry.TEACHERS):
-        if registry.TEACHERS[name].archive is not None and name not in KEPT:
-            monkeypatch.delitem(registry.TEACHERS, name)
 
 
 @pytest.fixture(scope="module")
