@@ -44,3 +44,25 @@ def test_paper_pairs_have_kd_configs():
         assert (cfg.kd.temperature, cfg.kd.ce_weight, cfg.kd.kd_weight) == (4.0, 0.1, 0.9)
         assert (cfg.train.epochs, cfg.train.milestones, cfg.train.batch_size) == (240, [150, 180, 210], 64)
     assert len(gen.PAIRS) == 13
+
+
+# Sun et al.'s released set-up (tools/train.py --logit-stand --base-temp 2 --kd-weight 9 over mdistiller's
+# per-pair DKD betas), written out here so a wrong table in the generator fails the test.
+DKD_BETA = {"resnet56-resnet20": 2.0, "resnet110-resnet32": 2.0, "resnet110-resnet20": 2.0,
+            "wrn_40_2-wrn_16_2": 6.0, "wrn_40_2-wrn_40_1": 6.0, "vgg13-vgg8": 6.0, "vgg13-MobileNetV2": 6.0}
+
+
+def test_logit_standardisation_configs_have_the_released_values():
+    gen = _generator()
+    for teacher, student in gen.PAIRS:
+        name = f"{teacher}-{student}"
+        ls = load_config(ROOT / "configs" / "cifar100" / "ls" / f"{name}.yaml")
+        assert ls.method == "ls" and (ls.ls.temperature, ls.ls.ce_weight, ls.ls.kd_weight) == (2.0, 0.1, 9.0)
+        dkd = load_config(ROOT / "configs" / "cifar100" / "dkd" / "ls" / f"{name}.yaml")
+        beta = DKD_BETA.get(name, 8.0)
+        assert dkd.method == "dkd" and dkd.dkd.logit_standardize is True
+        assert (dkd.dkd.temperature, dkd.dkd.alpha, dkd.dkd.beta, dkd.dkd.ce_weight) == (2.0, 9.0, 9 * beta, 1.0)
+        assert dkd.output_dir == f"runs/cifar100/dkd_ls/{name}"
+        plain = load_config(ROOT / "configs" / "cifar100" / "dkd" / f"{name}.yaml")
+        assert plain.dkd.logit_standardize is False and plain.dkd.beta == beta
+    assert not (ROOT / "configs" / "cifar100" / "lskd").exists()
