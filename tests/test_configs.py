@@ -10,7 +10,8 @@ import pytest
 from pckd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml")
+TRANSFER = ROOT / "configs" / "transfer"  # probe settings (data.* / probe.*), not run configs: tested below
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if p.name != "base.yaml" and TRANSFER not in p.parents)
 
 
 def _generator():
@@ -66,3 +67,26 @@ def test_logit_standardisation_configs_have_the_released_values():
         plain = load_config(ROOT / "configs" / "cifar100" / "dkd" / f"{name}.yaml")
         assert plain.dkd.logit_standardize is False and plain.dkd.beta == beta
     assert not (ROOT / "configs" / "cifar100" / "lskd").exists()
+
+
+def test_transfer_probe_settings_resolve_for_table_iv():
+    from pckd.engine.probe import ProbeConfig, settings_file_overrides
+
+    assert sorted(p.name for p in TRANSFER.glob("*.yaml")) == ["stl10.yaml", "tinyimagenet.yaml"]
+    for name in ("stl10", "tinyimagenet"):
+        overrides = settings_file_overrides(str(TRANSFER / f"{name}.yaml"))
+        cfg = load_config(None, ["student.arch=resnet20", *overrides], sections={"probe": ProbeConfig})
+        assert (cfg.data.name, cfg.data.resize, cfg.probe.normalization) == (name, 32, "cifar100")
+
+
+@pytest.mark.parametrize("data, n", [("cifar10", 6), ("tinyimagenet", 6), ("imagenet", 1)])
+def test_seed_002_intra_class_teachers_on_its_other_datasets(data, n):
+    paths = sorted((ROOT / "configs" / data / "teachers_intra_class").glob("*.yaml"))
+    assert len(paths) == n
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.method == "intra_class" and cfg.data.name == ("imagefolder" if data == "imagenet" else data)
+        assert cfg.output_dir == f"runs/{data}/teachers_intra_class/{path.stem}"
+        assert (cfg.intra_class.tau, cfg.intra_class.delta, cfg.intra_class.contrast_weight) == (0.5, 0.5, 0.1)
+    if data == "tinyimagenet":
+        assert cfg.data.resize == 32 and cfg.train.epochs == 240

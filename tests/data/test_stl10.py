@@ -3,6 +3,7 @@ repetition) in the exact on-disk layout: column-major 3x96x96 uint8 planes, uint
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -98,9 +99,12 @@ def test_train_eval_and_probe_end_to_end(stl10, tmp_path, capsys):
     assert (run / "summary.json").is_file()
     assert main(["eval", str(run / "last.pt"), *data, "train.device=cpu"]) == 0
     probe_dir = tmp_path / "probe"
-    assert main(["probe", str(run / "last.pt"), *data, "train.device=cpu", "probe.epochs=2",
+    settings = tmp_path / "stl10-probe.yaml"  # as configs/transfer/stl10.yaml, with this test's root
+    settings.write_text(f"data: {{name: stl10, root: '{root}', resize: 32}}\nprobe: {{normalization: cifar100}}\n")
+    assert main(["probe", "--config", str(settings), str(run / "last.pt"), "train.device=cpu", "probe.epochs=2",
                  f"probe.output_dir={probe_dir}", "train.progress=false"]) == 0
-    assert (probe_dir / "probe.json").is_file()
+    result = json.loads((probe_dir / "probe.json").read_text())
+    assert result["data"]["name"] == "stl10" and result["probe"]["normalization"] == "cifar100"
     # a corrupt file stops every command with one line
     (root / "stl10_binary" / "test_y.bin").write_bytes(b"\x0b" * 20)
     capsys.readouterr()
