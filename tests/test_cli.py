@@ -18,8 +18,10 @@ def test_models_lists_zoo_with_parameter_counts(capsys):
 def test_methods_lists_every_method_and_its_keys(capsys):
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
-    for name in ("ce", "kd", "pckd", "ckd", "intra_class"):
+    for name in ("ce", "kd", "pckd", "ckd", "intra_class", "ls"):
         assert f"\n{name} " in "\n" + out
+    assert "\nlskd " not in "\n" + out  # renamed to ls (the paper's LSKD is another, unbuilt method)
+    assert "kd.logit_standardize = false" in out and "dkd.logit_standardize = false" in out
     assert "pckd.gamma = 1.005" in out and "kd.temperature = 4.0" in out
 
 

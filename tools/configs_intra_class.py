@@ -6,6 +6,13 @@ Stage 1 (``cifar100/teachers_intra_class/<arch>.yaml``) trains the network as th
 ``runs/cifar100/teachers_intra_class/<arch>``. Stage 2 (``cifar100/intra_class_kd/<teacher>-<student>.yaml``)
 is the KD baseline's recipe with ``teacher.checkpoint`` pointing at the stage-1 run. Every ``intra_class.*``
 value is the project's assumption (docs/defaults.md), written out so a config shows what it ran.
+
+Seed 002's other datasets get stage-1 teachers on the same recipe: ``cifar10/teachers_intra_class/<arch>.yaml``
+(the six architectures), ``tinyimagenet/teachers_intra_class/<arch>.yaml`` (the six CIFAR architectures on
+TinyImageNet resized once to 32x32, ``data.resize: 32``: the paper's TinyImageNet resolution and networks are
+unknown) and ``imagenet/teachers_intra_class/resnet34.yaml`` (torchvision ResNet34 on the ImageNet base recipe).
+On ImageFolder data the two views come from one worker-side crop (``PreAugmented``), so on ImageNet both views
+of an image are the same crop: docs/methods/intra_class.md.
 """
 
 from __future__ import annotations
@@ -46,6 +53,33 @@ def student_configs() -> dict[str, dict[str, Any]]:
     return out
 
 
+SEED_002_DATA: dict[str, dict[str, Any]] = {
+    "cifar10": {"name": "cifar10", "root": "./data"},
+    "tinyimagenet": {"name": "tinyimagenet", "root": "./data", "resize": 32},
+}
+
+
+def other_data_teacher_configs() -> dict[str, dict[str, Any]]:
+    """Stage-1 teachers on CIFAR-10, TinyImageNet and ImageNet (with their base files)."""
+    from configs_imagenet import imagenet_base
+    from make_configs import all_configs_base
+
+    out: dict[str, dict[str, Any]] = {}
+    for data, section in SEED_002_DATA.items():
+        base = all_configs_base()
+        out[f"{data}/base.yaml"] = {**base, "data": dict(section)}
+        for arch in TEACHERS:
+            out[f"{data}/teachers_{METHOD}/{arch}.yaml"] = {
+                "_base_": f"{data}/base.yaml", "method": METHOD, "student": {"arch": arch},
+                "train": {"lr": student_lr(arch)}, METHOD: dict(INTRA_CLASS_SECTION),
+                "output_dir": f"runs/{data}/teachers_{METHOD}/{arch}"}
+    imagenet = {k: v for k, v in imagenet_base().items() if k not in ("teacher", "student")}
+    out[f"imagenet/teachers_{METHOD}/resnet34.yaml"] = {
+        **imagenet, "method": METHOD, "student": {"arch": "torchvision.resnet34"}, METHOD: dict(INTRA_CLASS_SECTION),
+        "output_dir": f"runs/imagenet/teachers_{METHOD}/resnet34"}
+    return out
+
+
 def configs() -> dict[str, dict[str, Any]]:
     """Relative path under configs/ -> config, for tools/make_configs.py."""
-    return {**teacher_configs(), **student_configs()}
+    return {**teacher_configs(), **student_configs(), **other_data_teacher_configs()}

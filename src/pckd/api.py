@@ -13,7 +13,7 @@ from pckd.data.augment import NORMALIZATION, BatchAugment, PreAugmented
 from pckd.data.batch import Batch
 from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.base import Distiller, method_registry
+from pckd.methods.base import Distiller, check_not_retired, method_registry
 from pckd.models import as_feature_model, create_model
 from pckd.models.interface import FeatureModel
 
@@ -36,6 +36,7 @@ def build_distiller(method: str, student: nn.Module, teacher: nn.Module | None =
 
     Optimise ``distiller.parameters()`` (the student and the method's heads) with any optimizer."""
     registry = method_registry()
+    check_not_retired(method)
     if method not in registry:
         raise UserError(f"unknown method {method!r}; valid: {', '.join(sorted(registry))}")
     spec = registry[method]

@@ -91,9 +91,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
-    from pckd.engine.probe import run_probe
+    from pckd.engine.probe import run_probe, settings_file_overrides
 
-    result = run_probe(args.checkpoint, args.overrides)
+    result = run_probe(args.checkpoint, settings_file_overrides(args.config) + list(args.overrides))
     print(json.dumps({k: v for k, v in result.items() if k != "epochs"}, indent=2))
     return 0
 
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a pckd checkpoint, or any weights file with student.arch=...")
     p.add_argument("overrides", nargs="*",
                    help="e.g. data.name=imagefolder data.root=DIR data.image_size=32 probe.epochs=40")
+    p.add_argument("--config", default=None,
+                   help="a YAML file of data.* / probe.* keys, e.g. configs/transfer/stl10.yaml (overrides win)")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("report", help="tables (Markdown, CSV) and curves (PNG) from run directories")

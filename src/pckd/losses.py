@@ -13,7 +13,7 @@ from pckd.methods.ckd import ckd_loss, ckd_per_sample
 from pckd.methods.dkd import dkd_loss, nckd_per_sample, tckd_per_sample
 from pckd.methods.fitnet import hint_loss
 from pckd.methods.kd import kd_loss, kd_per_sample
-from pckd.methods.lskd import lskd_loss, lskd_per_sample, standardize
+from pckd.methods.ls import ls_loss, ls_per_sample
 from pckd.methods.nst import nst_loss
 from pckd.methods.pckd import (
     category_center_contrast,
@@ -25,6 +25,7 @@ from pckd.methods.pckd import (
 from pckd.methods.pkt import pkt_loss
 from pckd.methods.rkd import rkd_angle_loss, rkd_distance_loss
 from pckd.methods.sp import sp_loss
+from pckd.methods.standardize import standardize
 from pckd.methods.weighting import SampleWeighting, WeightingMode
 
 
@@ -69,13 +70,13 @@ class StandardizedKDLoss(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
-        return lskd_loss(student_logits, teacher_logits, self.temperature)
+        return ls_loss(student_logits, teacher_logits, self.temperature)
 
 
 __all__ = [
     "CKDLoss", "DKDLoss", "KDLoss", "SampleWeighting", "StandardizedKDLoss", "WeightingMode", "at_loss",
     "category_center_contrast", "category_center_contrast_centers", "category_profiles", "center_alignment",
     "ckd_loss", "ckd_per_sample", "dkd_loss", "feature_alignment", "hint_loss", "kd_loss", "kd_per_sample",
-    "lskd_loss", "lskd_per_sample", "nckd_per_sample", "nst_loss", "pkt_loss", "rkd_angle_loss",
+    "ls_loss", "ls_per_sample", "nckd_per_sample", "nst_loss", "pkt_loss", "rkd_angle_loss",
     "rkd_distance_loss", "sp_loss", "standardize", "tckd_per_sample",
 ]

@@ -182,6 +182,6 @@ def test_failed_download_is_a_user_error(tmp_path: Path, monkeypatch):
 
 def test_unknown_dataset_name():
     # the schema's choice refuses it as the section is built, before any data is touched
-    expected = "config key 'data.name'='mnist' is not one of cifar100, cifar10, imagefolder, digits"
+    expected = "config key 'data.name'='mnist' is not one of cifar100, cifar10, stl10, tinyimagenet, imagefolder, digits"
     with pytest.raises(UserError, match=expected):
         build_data(DataConfig(name="mnist"), 64, 100, 0, "cpu")

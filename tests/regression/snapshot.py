@@ -33,7 +33,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("ckd-symmetric", "ckd", ["ckd.symmetric=true"]),
     ("intra_class", "intra_class", []),
     ("dkd", "dkd", ["dkd.warmup=4"]),
-    ("lskd", "lskd", []),
+    ("ls", "ls", []),
     ("fitnet", "fitnet", []),
     ("at", "at", []),
     ("sp", "sp", []),

@@ -210,3 +210,21 @@ def test_cli_report_missing_path_is_one_line_exit_2(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path / "nowhere"), "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("pckd: error: ") and "nowhere" in err[0]
+
+
+def test_paper_lskd_rows_are_listed_as_not_reproducible_and_ls_keeps_its_own_row(tmp_path):
+    make_run(tmp_path, "ls", "ls", RESNET, "resnet8x4", 0, [70.0, 71.5], teacher_top1=79.0)
+    problems: list[str] = []
+    (table,) = build_tables(collect_runs([tmp_path], problems.append), "best")
+    assert table.rows == ["Teacher", "ls"] and table.row_method["ls"] == "ls"
+    text = render_markdown(table)
+    (line,) = [n for n in text.splitlines() if "LSKD" in n]
+    for fragment in ("not reproducible", "no public code or equations", "Li, Cheng and Han", "TCSVT 2024",
+                     "Tables I and II", "`ls`"):
+        assert fragment in line, fragment
+
+
+def test_no_lskd_note_under_other_datasets(tmp_path):
+    make_run(tmp_path, "kd", "kd", RESNET, "resnet8x4", 0, [70.0], teacher_top1=79.0, extra=["data.name=cifar10"])
+    (table,) = build_tables(collect_runs([tmp_path], lambda m: None), "best")
+    assert table.dataset == "cifar10" and not any("LSKD" in n for n in table.notes)

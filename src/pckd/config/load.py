@@ -37,9 +37,10 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
 def schema_for(method: str, sections: dict[str, type] | None = None) -> type:
     """The root dataclass for a method: RunConfig plus a field named after the method holding its params,
     plus any extra ``sections`` (e.g. ``{"probe": ProbeConfig}``)."""
-    from pckd.methods.base import method_registry
+    from pckd.methods.base import check_not_retired, method_registry
 
     registry = method_registry()
+    check_not_retired(method)
     if method not in registry:
         raise UserError(f"unknown method '{method}' (key 'method'){suggest(method, registry)}; valid: "
                         f"{', '.join(sorted(registry))}")

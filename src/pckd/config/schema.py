@@ -39,6 +39,8 @@ class DatasetName(Choice):
 
     cifar100 = "cifar100"
     cifar10 = "cifar10"
+    stl10 = "stl10"
+    tinyimagenet = "tinyimagenet"
     imagefolder = "imagefolder"
     digits = "digits"
 
@@ -68,12 +70,16 @@ class DataConfig(Settings):
     """Where the images come from and how much of them to use."""
 
     name: DatasetName = hp(DatasetName.cifar100, doc="the dataset")
-    root: str = hp("./data", doc="folder holding cifar-100-python/ (or the pickles), or train/ and val/ for imagefolder")
+    root: str = hp("./data", doc="folder holding cifar-100-python/ (or the pickles), stl10_binary/, "
+                               "tiny-imagenet-200/, or train/ and val/ for imagefolder")
     num_classes: int | None = hp(None, gt=0, doc="derived from the data when unset; checked against it when set")
     classes: int | None = hp(None, gt=0, doc="keep only the first N classes (quick runs)")
     train_limit: int | None = hp(None, gt=0, doc="keep only the first N training images (after `classes`)")
     test_limit: int | None = hp(None, gt=0, doc="keep only the first N test images (after `classes`)")
-    download: bool = hp(False, doc="CIFAR only: fetch through torchvision when the files are missing (needs internet)")
+    download: bool = hp(False, doc="CIFAR and STL-10: fetch through torchvision when the files are missing (needs "
+                                   "internet; torchvision has no TinyImageNet download)")
+    resize: int | None = hp(None, gt=0, doc="in-memory datasets: resize the images once at load to N x N "
+                                            "(antialiased bilinear), e.g. 32 for STL-10/TinyImageNet on the CIFAR zoo")
     image_size: int = hp(224, gt=0, doc="imagefolder only: training crop / evaluation size")
     transforms: TransformPreset = hp(TransformPreset.auto, doc="imagefolder only: auto | imagenet | cifar")
     num_workers: int | None = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")

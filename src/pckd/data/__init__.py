@@ -15,7 +15,9 @@ from pckd.data.cifar import load_cifar
 from pckd.data.digits import digits_normalization, load_digits_split
 from pckd.data.info import DataInfo
 from pckd.data.loader import InMemoryLoader
-from pckd.data.subset import limit, select_classes
+from pckd.data.stl10 import load_stl10
+from pckd.data.subset import limit, resize_images, select_classes
+from pckd.data.tinyimagenet import load_tinyimagenet
 from pckd.errors import UserError
 
 if TYPE_CHECKING:  # torchvision/PIL are imported only when an ImageFolder is actually used
@@ -90,18 +92,29 @@ def _subset(cfg: DataConfig, images: Tensor, labels: Tensor, n_available: int, t
     return images, labels
 
 
+def _load_split(cfg: DataConfig, train: bool) -> tuple[Tensor, Tensor, list[str]]:
+    """One split of an in-memory dataset other than digits: uint8 images, int64 labels, class names."""
+    if cfg.name == "stl10":
+        return load_stl10(cfg.root, train, download=cfg.download)
+    if cfg.name == "tinyimagenet":
+        return load_tinyimagenet(cfg.root, train, download=cfg.download)
+    return load_cifar(str(cfg.name), cfg.root, train, download=cfg.download)
+
+
 def _in_memory(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
     if cfg.name == "digits":
         splits = [load_digits_split(train) for train in (True, False)]
         mean, std = digits_normalization()
     else:
-        splits = [load_cifar(cfg.name, cfg.root, train, download=cfg.download) for train in (True, False)]
-        mean, std = NORMALIZATION[cfg.name]
+        splits = [_load_split(cfg, train) for train in (True, False)]
+        mean, std = NORMALIZATION[str(cfg.name)]
     class_names = splits[0][2]
     (x_train, y_train), (x_test, y_test) = (
         _subset(cfg, images, labels, len(class_names), train)
         for (images, labels, _), train in zip(splits, (True, False))
     )
+    if cfg.resize is not None:
+        x_train, x_test = resize_images(x_train, cfg.resize), resize_images(x_test, cfg.resize)
     num_classes = cfg.classes if cfg.classes is not None else len(class_names)
     _check_num_classes(cfg, num_classes)
     if cfg.on_device:

@@ -23,6 +23,9 @@ NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, f
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    # per-channel mean/std of the training splits, as commonly used for these datasets
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "tinyimagenet": ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821)),
     # digits: computed from its training split at load time (see pckd.data.digits.digits_normalization).
 }
 

@@ -1,7 +1,10 @@
-"""Label checks and the quick-run subsets behind data.classes / data.train_limit / data.test_limit."""
+"""Label checks, the quick-run subsets behind data.classes / data.train_limit / data.test_limit, and the
+one-time resize behind data.resize."""
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from pckd.errors import UserError
@@ -37,3 +40,16 @@ def limit(images: Tensor, labels: Tensor, n: int, key: str = "data.train_limit")
     if n < 1:
         raise UserError(f"{key}={n} must be a positive number of images; set it to at least 1 or remove it")
     return images[:n], labels[:n]
+
+
+def resize_images(images: Tensor, side: int, chunk: int = 2048) -> Tensor:
+    """uint8 [N,3,H,W] -> uint8 [N,3,side,side] by antialiased bilinear resizing (rounded), in chunks of
+    ``chunk`` images so a large set never needs a float copy of itself; unchanged when already that size."""
+    if images.shape[-2:] == (side, side):
+        return images
+    out = torch.empty((images.shape[0], images.shape[1], side, side), dtype=torch.uint8, device=images.device)
+    for start in range(0, images.shape[0], chunk):
+        block = images[start:start + chunk].float()
+        resized = F.interpolate(block, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = resized.round().clamp(0, 255).to(torch.uint8)
+    return out

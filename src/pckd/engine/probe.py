@@ -207,6 +207,29 @@ def _default_output_dir(checkpoint: Path, data_cfg: Any) -> Path:
 
 
 # ---- the command -------------------------------------------------------------------------------------------
+def settings_file_overrides(path: str | None) -> list[str]:
+    """The keys of a probe settings file (``configs/transfer/*.yaml``: nested ``data.*`` / ``probe.*`` keys) as
+    ``key=value`` overrides, to go before the command line's; none without a file."""
+    if path is None:
+        return []
+    import yaml
+
+    try:
+        tree = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"--config: cannot read '{path}' ({type(exc).__name__}); give a YAML file of data.* / "
+                        "probe.* keys") from None
+    if not isinstance(tree, dict):
+        raise UserError(f"--config: '{path}' is not a mapping of data.* / probe.* keys")
+
+    def flat(prefix: str, value: Any) -> list[str]:
+        if isinstance(value, dict):
+            return [item for key, sub in value.items() for item in flat(f"{prefix}{key}.", sub)]
+        return [f"{prefix[:-1]}={json.dumps(value)}"]
+
+    return flat("", tree)
+
+
 def run_probe(checkpoint: str, overrides: list[str]) -> dict[str, Any]:
     """Train and test a linear probe on the frozen penultimate features of ``checkpoint`` for the data set by
     ``data.*`` overrides; writes ``probe.json`` to ``probe.output_dir`` and returns its content.

@@ -14,7 +14,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     ickd,
     intra_class,
     kd,
-    lskd,
+    ls,
     nst,
     pckd,
     pkt,

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pckd.data.batch import Batch
 from pckd.data.info import DataInfo
+from pckd.errors import UserError
 from pckd.methods.weighting import SampleWeighting, WeightingParams
 from pckd.models.interface import FeatureModel, FeatureOutput
 from pckd.params import set_section
@@ -221,6 +222,20 @@ def register_method(name: str, params: type, summary: str) -> Callable[[type[Dis
         return cls
 
     return deco
+
+
+# Names that once meant a method of this project and are refused now, with what to use instead.
+RETIRED_METHODS: dict[str, str] = {
+    "lskd": "was renamed 'ls' (Sun et al.'s logit standardisation, CVPR 2024): use method=ls, see "
+            "docs/methods/ls.md; the PCKD paper's LSKD (Li, Cheng and Han, TCSVT 2024) has no public code or "
+            "equations and is not built",
+}
+
+
+def check_not_retired(name: str, key: str = "method") -> None:
+    """Raise the one-line UserError of a retired method name (see :data:`RETIRED_METHODS`); else nothing."""
+    if name in RETIRED_METHODS:
+        raise UserError(f"config key '{key}'={name!r} {RETIRED_METHODS[name]}")
 
 
 def method_registry() -> dict[str, MethodSpec]:

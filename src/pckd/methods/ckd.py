@@ -26,6 +26,7 @@ from pckd.distributed import all_gather_rows, is_distributed
 from pckd.errors import UserError
 from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.precision import no_autocast
+from pckd.methods.standardize import standardize_pair
 from pckd.methods.weighting import WeightingParams
 from pckd.params import Choice, Settings, hp
 
@@ -141,6 +142,8 @@ class CKDParams(Settings):
     symmetric: bool = hp(False)
     negatives: CKDNegatives = hp(CKDNegatives.teacher_student)
     global_negatives: bool = hp(True)
+    logit_standardize: bool = hp(False, doc="z-score both logits per sample before the L2 normalisation (Sun et "
+                                            "al. 2024; no released CKD recipe with it: weights unchanged)")
     weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-anchor InfoNCE")
 
 
@@ -157,16 +160,17 @@ class CKD(TeacherDistiller):
         p = self.params
         logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         ce = self.cross_entropy(logits, batch.labels)
+        s_cl, t_cl = standardize_pair(logits, teacher_logits, p.logit_standardize)
 
         if p.global_negatives and is_distributed():
             # Columns = the global batch; rows = this rank's anchors. The gather routes the gradient of every
             # rank's loss back to the rank owning the sample, and DDP's gradient average over ranks then equals
             # the gradient of the global-batch mean (exactly so when the shards are equal in size).
-            both, rows = all_gather_rows(torch.cat([logits, teacher_logits.to(logits.dtype)], dim=1))  # one gather
+            both, rows = all_gather_rows(torch.cat([s_cl, t_cl.to(s_cl.dtype)], dim=1))  # one gather
             s_all, t_all = both.split(logits.shape[1], dim=1)
             per_anchor = ckd_per_sample(s_all, t_all, p.tau, p.symmetric, p.negatives, rows=rows)
         else:
-            per_anchor = ckd_per_sample(logits, teacher_logits, p.tau, p.symmetric, p.negatives)
+            per_anchor = ckd_per_sample(s_cl, t_cl, p.tau, p.symmetric, p.negatives)
         contrast = self.weighting.mean(per_anchor, logits, batch.labels, epoch)
         losses = {"ce": p.ce_weight * ce, "ckd": p.weight * contrast}
         return StepOutput(logits=logits, losses=losses)

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from pckd.data.batch import Batch
 from pckd.methods.base import StepOutput, TeacherDistiller, register_method
+from pckd.methods.standardize import standardize_pair
 from pckd.methods.weighting import WeightingParams
 from pckd.params import Settings, hp
 
@@ -76,6 +77,8 @@ class DKDParams(Settings):
     beta: float = hp(8.0, ge=0, doc="weight of NCKD (DKD.BETA); mdistiller's configs set it per pair (2 / 6 / 8)")
     temperature: float = hp(4.0, gt=0, doc="softmax temperature T of both parts (DKD.T)")
     warmup: int = hp(20, ge=0, doc="epochs of the linear ramp of the KD part, min(epoch / warmup, 1); 0 = none (DKD.WARMUP)")
+    logit_standardize: bool = hp(False, doc="z-score both logits per sample before TCKD/NCKD (Sun et al. 2024); "
+                                            "their recipe with it: T 2, alpha and beta x 9")
     weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample TCKD and NCKD")
 
 
@@ -90,8 +93,9 @@ class DKD(TeacherDistiller):
         logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         ramp = warmup_factor(epoch, p.warmup)
         reduce = self.weighting.mean
-        tckd = reduce(tckd_per_sample(logits, teacher_logits, batch.labels, p.temperature), logits, batch.labels, epoch)
-        nckd = reduce(nckd_per_sample(logits, teacher_logits, batch.labels, p.temperature), logits, batch.labels, epoch)
+        s_kd, t_kd = standardize_pair(logits, teacher_logits, p.logit_standardize)
+        tckd = reduce(tckd_per_sample(s_kd, t_kd, batch.labels, p.temperature), logits, batch.labels, epoch)
+        nckd = reduce(nckd_per_sample(s_kd, t_kd, batch.labels, p.temperature), logits, batch.labels, epoch)
         losses = {
             "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
             "tckd": (ramp * p.alpha) * tckd,

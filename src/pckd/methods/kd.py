@@ -1,4 +1,9 @@
-"""Hinton knowledge distillation: KL between temperature-softened teacher and student outputs, times T^2."""
+"""Hinton knowledge distillation: KL between temperature-softened teacher and student outputs, times T^2.
+
+``kd.logit_standardize: true`` z-scores both logit vectors per sample before the softmax (Sun et al., CVPR 2024;
+the function shared with `ls`, docs/methods/ls.md); the CE term keeps the raw logits. Their released KD recipe
+with it is T 2, CE 0.1, KD 9, which is what the `ls` method and its configs run.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from torch import Tensor
 
 from pckd.data.batch import Batch
 from pckd.methods.base import StepOutput, TeacherDistiller, register_method
+from pckd.methods.standardize import standardize_pair
 from pckd.methods.weighting import WeightingParams
 from pckd.params import Settings, hp
 
@@ -34,6 +40,8 @@ class KDParams(Settings):
     temperature: float = hp(4.0, gt=0)
     ce_weight: float = hp(0.1, ge=0)
     kd_weight: float = hp(0.9, ge=0)
+    logit_standardize: bool = hp(False, doc="z-score both logits per sample before the KD term (Sun et al. "
+                                            "2024); their recipe with it: T 2, kd_weight 9 (= method ls)")
     weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample KD term")
 
 
@@ -46,9 +54,10 @@ class KD(TeacherDistiller):
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         p = self.params
+        s_kd, t_kd = standardize_pair(logits, teacher_logits, p.logit_standardize)
         losses = {
             "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
-            "kd": p.kd_weight * self.weighting.mean(kd_per_sample(logits, teacher_logits, p.temperature), logits,
+            "kd": p.kd_weight * self.weighting.mean(kd_per_sample(s_kd, t_kd, p.temperature), logits,
                                                     batch.labels, epoch),
         }
         return StepOutput(logits=logits, losses=losses)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pckd.report.collect import RunRecord
+from pckd.report.paper_rows import not_reproducible_notes
 
 Column = tuple["str | None", str]  # (teacher arch or None, student arch)
 TEACHER_ROW = "Teacher"
@@ -161,6 +162,7 @@ def build_table(dataset: str, runs: list[RunRecord], metric: str) -> Table:
             notes += _cell_notes(row, column, cell)
         if len(kd_cells) > 1:
             notes.append(f"{column_name(column)}: several kd rows (different settings); no difference to kd shown")
+    notes += not_reproducible_notes(dataset)
     rows = sorted({row for row, _ in cells}, key=lambda row: _row_order(row, row_method.get(row, "")))
     if all(col[0] is None for col in columns):
         rows = [row for row in rows if row != TEACHER_ROW]

@@ -1,4 +1,4 @@
-"""KD with logit standardisation (`lskd`): against a naive per-sample z-score + KL, hand values, the Distiller."""
+"""KD with logit standardisation (`ls`): against a naive per-sample z-score + KL, hand values, the Distiller."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from torch import Tensor
 
 from pckd.data.info import DataInfo
 from pckd.errors import UserError
-from pckd.methods.lskd import LSKD, LSKDParams, lskd_loss, lskd_per_sample, standardize
+from pckd.methods.ls import LS, LSParams, ls_loss, ls_per_sample
+from pckd.methods.standardize import standardize
 from pckd.models import create_model
 from tests.methods.scaffold import (
     NormalisingAugmenter,
@@ -29,7 +30,7 @@ def _zscore(row: list[float]) -> list[float]:
     return [(v - mean) / (std + 1e-7) for v in row]
 
 
-def naive_lskd_row(s: list[float], t: list[float], T: float) -> float:
+def naive_ls_row(s: list[float], t: list[float], T: float) -> float:
     zs, zt = _zscore(s), _zscore(t)
     es = [math.exp(v / T) for v in zs]
     et = [math.exp(v / T) for v in zt]
@@ -51,14 +52,14 @@ def _tol(dtype: torch.dtype) -> dict[str, float]:
 # ---- loss tests ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
-def test_lskd_matches_naive(dtype, T):
+def test_ls_matches_naive(dtype, T):
     s, t = _data(dtype)
-    expected = [naive_lskd_row(s[i].tolist(), t[i].tolist(), T) for i in range(len(s))]
+    expected = [naive_ls_row(s[i].tolist(), t[i].tolist(), T) for i in range(len(s))]
     tol = _tol(dtype)
-    got = lskd_per_sample(s, t, T)
+    got = ls_per_sample(s, t, T)
     assert got.dtype == dtype
     assert got.tolist() == pytest.approx(expected, **tol)
-    assert lskd_loss(s, t, T).item() == pytest.approx(sum(expected) / len(expected), **tol)
+    assert ls_loss(s, t, T).item() == pytest.approx(sum(expected) / len(expected), **tol)
 
 
 def test_standardize_uses_unbiased_std():
@@ -74,7 +75,7 @@ def test_two_classes_by_hand():
     # KL = sqrt(2) * (sigmoid(sqrt(2)) - sigmoid(-sqrt(2))) = sqrt(2) * tanh(1/sqrt(2)).
     s, t = torch.tensor([[5.0, -3.0]]), torch.tensor([[0.1, 0.2]])
     expected = math.sqrt(2) * math.tanh(1 / math.sqrt(2))
-    assert lskd_per_sample(s, t, 1.0).item() == pytest.approx(expected, rel=1e-5)
+    assert ls_per_sample(s, t, 1.0).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_invariant_to_per_sample_shift_and_scale():
@@ -82,44 +83,52 @@ def test_invariant_to_per_sample_shift_and_scale():
     s, t = _data(torch.float64)
     scale = torch.tensor([[0.5], [2.0], [3.0], [1.0], [10.0], [0.1]], dtype=torch.float64)
     shifted = s * scale - 7.0
-    torch.testing.assert_close(lskd_per_sample(shifted, t, 2.0), lskd_per_sample(s, t, 2.0), rtol=1e-6, atol=1e-9)
-    assert torch.allclose(lskd_per_sample(4 * t + 1, t, 2.0), torch.zeros(6, dtype=torch.float64), atol=1e-9)
+    torch.testing.assert_close(ls_per_sample(shifted, t, 2.0), ls_per_sample(s, t, 2.0), rtol=1e-6, atol=1e-9)
+    assert torch.allclose(ls_per_sample(4 * t + 1, t, 2.0), torch.zeros(6, dtype=torch.float64), atol=1e-9)
 
 
 def test_half_inputs_are_computed_in_float32():
     s, t = _data(torch.float32)
-    got = lskd_per_sample(s.bfloat16(), t.bfloat16(), 2.0)
+    got = ls_per_sample(s.bfloat16(), t.bfloat16(), 2.0)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, lskd_per_sample(s.bfloat16().float(), t.bfloat16().float(), 2.0))
+    torch.testing.assert_close(got, ls_per_sample(s.bfloat16().float(), t.bfloat16().float(), 2.0))
 
 
 @pytest.mark.parametrize("key, value", [("temperature", -1.0), ("kd_weight", -0.5)])
 def test_invalid_params_name_the_key(key, value):
-    with pytest.raises(UserError, match=f"lskd.{key}"):
-        LSKDParams(**{key: value})
+    with pytest.raises(UserError, match=f"ls.{key}"):
+        LSParams(**{key: value})
 
 
 # ---- distiller with tiny real zoo models ----------------------------------------------------------------
 def test_distiller_step_losses_gradients_and_frozen_teacher():
     torch.manual_seed(0)
     teacher, student = create_model("resnet8", 10), create_model("resnet8", 10)
-    method = LSKD(student, teacher, LSKDParams(), DataInfo(num_classes=10))
+    method = LS(student, teacher, LSParams(), DataInfo(num_classes=10))
     method.train()
     before = teacher_snapshot(teacher)
     batch = make_batch(4, 10, seed=2, labels="cycle", augment=NormalisingAugmenter(mean=0.0, std=1.0))
     out = method.forward_train(batch, 1)
-    assert set(out.losses) == {"ce", "lskd"}
+    assert set(out.losses) == {"ce", "ls"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in out.losses.values())
 
     x = batch.augment.standard(batch.images)
     with torch.no_grad():
         t_logits = teacher(x)
     s_rows, t_rows = out.logits.detach().double().tolist(), t_logits.double().tolist()
-    naive = sum(naive_lskd_row(a, b, 2.0) for a, b in zip(s_rows, t_rows)) / len(s_rows)
-    assert out.losses["lskd"].item() == pytest.approx(9.0 * naive, rel=1e-4)
+    naive = sum(naive_ls_row(a, b, 2.0) for a, b in zip(s_rows, t_rows)) / len(s_rows)
+    assert out.losses["ls"].item() == pytest.approx(9.0 * naive, rel=1e-4)
 
     out.total.backward()
     assert_grads_reach(student, finite=True)
     assert any(q.grad.abs().sum() > 0 for q in student.parameters())
     assert_teacher_untouched(teacher, before)
     assert method.extra_parameters() == 0
+
+
+def test_old_name_lskd_is_refused_with_the_new_name():
+    from pckd.api import build_distiller
+
+    student, teacher = create_model("resnet8", 10), create_model("resnet8", 10)
+    with pytest.raises(UserError, match=r"'lskd' was renamed 'ls'.*docs/methods/ls\.md"):
+        build_distiller("lskd", student, teacher)

@@ -1,4 +1,7 @@
-"""KD with logit standardisation (`lskd`; Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024).
+"""KD with logit standardisation (`ls`; Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024).
+
+Formerly registered as ``lskd``; renamed because the PCKD paper's "LSKD" [30] is another method (Li, Cheng and
+Han, TCSVT 2024) with no public code or equations (docs/methods/ls.md).
 
 Teacher and student logits are each z-scored per sample before the usual temperature softmax, so the student
 matches the teacher's logit *relations* rather than their range and scale:
@@ -26,37 +29,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from pckd.data.batch import Batch
 from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_per_sample
+from pckd.methods.standardize import standardize
 from pckd.methods.weighting import WeightingParams
 from pckd.params import Settings, hp
 
-STD_EPS = 1e-7  # added to the std, as in the released code (keeps a constant row finite)
 
-
-def standardize(logits: Tensor) -> Tensor:
-    """Per-row z-score ``(z - mean) / (std + 1e-7)`` with the unbiased std; float32 at least (float64 kept)."""
-    z = logits.to(torch.promote_types(logits.dtype, torch.float32))
-    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + STD_EPS)
-
-
-def lskd_per_sample(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+def ls_per_sample(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """T^2 * KL(softmax(Z(teacher)/T) || softmax(Z(student)/T)) for each row, shape [B]."""
     return kd_per_sample(standardize(student_logits), standardize(teacher_logits), T)
 
 
-def lskd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
-    """Batch mean of :func:`lskd_per_sample`."""
-    return lskd_per_sample(student_logits, teacher_logits, T).mean()
+def ls_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """Batch mean of :func:`ls_per_sample`."""
+    return ls_per_sample(student_logits, teacher_logits, T).mean()
 
 
 @dataclass
-class LSKDParams(Settings):
-    """Hyper-parameters of `lskd` (config section ``lskd.*``; the authors' CIFAR-100 KD recipe)."""
+class LSParams(Settings):
+    """Hyper-parameters of `ls` (config section ``ls.*``; the authors' CIFAR-100 KD recipe)."""
 
     temperature: float = hp(2.0, gt=0, doc="base temperature T applied to the standardised logits (--base-temp 2)")
     ce_weight: float = hp(0.1, ge=0, doc="weight of the cross-entropy on the labels")
@@ -64,18 +59,18 @@ class LSKDParams(Settings):
     weighting: WeightingParams = hp(factory=WeightingParams, doc="sample weighting of the per-sample KD term")
 
 
-@register_method("lskd", LSKDParams, "KD on per-sample z-scored logits (logit standardisation), CE 0.1 + 9 KD, T 2")
-class LSKD(TeacherDistiller):
+@register_method("ls", LSParams, "KD on per-sample z-scored logits (logit standardisation), CE 0.1 + 9 KD, T 2")
+class LS(TeacherDistiller):
     """Vanilla KD on z-score standardised teacher and student logits."""
 
-    params: LSKDParams
+    params: LSParams
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
         logits, teacher_logits = self.logits_of_standard_view(batch)  # teacher first
         losses = {
             "ce": p.ce_weight * self.cross_entropy(logits, batch.labels),
-            "lskd": p.kd_weight * self.weighting.mean(lskd_per_sample(logits, teacher_logits, p.temperature),
-                                                      logits, batch.labels, epoch),
+            "ls": p.kd_weight * self.weighting.mean(ls_per_sample(logits, teacher_logits, p.temperature),
+                                                    logits, batch.labels, epoch),
         }
         return StepOutput(logits=logits, losses=losses)
