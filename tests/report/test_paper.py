@@ -73,7 +73,7 @@ def test_shipped_tables_name_their_source_and_keep_na() -> None:
     assert tables["I"].cells[("FSP", "WRN-40-2→WRN-40-1")].published is None
     assert tables["I"].cells[("LSKD", "VGG13→VGG8")].published is None
     assert tables["II"].cells[("MLD", "ResNet50→VGG8")].published is None
-    # the paper's LSKD is not pckd's lskd: no method maps to it
+    # the paper's LSKD is not pckd's ls: no method maps to it
     assert tables["I"].cells[("LSKD", "ResNet32x4→ResNet8x4")].method is None
     pckd = tables["I"].cells[("PCKD", "ResNet32x4→ResNet8x4")]
     assert (pckd.method, pckd.variant, pckd.teacher, pckd.student, pckd.published) == (
@@ -105,7 +105,7 @@ def cifar_runs(tmp_path: Path) -> Path:
     make_run(root, "wo_kd2", "pckd", RESNET, "resnet8x4", 2, [76.75], teacher_top1=79.5, extra=["pckd.kd_weight=0"])
     # an ablation (no category alignment) is none of the paper's Table I rows
     make_run(root, "ablation", "pckd", RESNET, "resnet8x4", 3, [60.0], teacher_top1=79.5, extra=["pckd.ca_weight=0"])
-    make_run(root, "lskd", "lskd", RESNET, "resnet8x4", 1, [74.0], teacher_top1=79.5)
+    make_run(root, "ls", "ls", RESNET, "resnet8x4", 1, [74.0], teacher_top1=79.5)
     make_run(root, "scratch", "ce", None, "resnet8x4", 1, [71.0, 72.0])
     make_run(root, "fsp", "fsp", ("wrn_40_2", "wrn_40_1"), "wrn_40_1", 1, [72.0], teacher_top1=75.0)
     return root
@@ -124,7 +124,7 @@ def test_report_shows_measured_paper_and_difference(cifar_runs: Path, tmp_path: 
     assert rows["PCKD"][3:] == ["77.50 (n=1)", "77.14", "+0.36"]
     # kd_weight=0: 76.25 and 76.75 -> 76.5 ± 0.3536; paper 76.89
     assert rows["PCKD (w/o L_KD)"][3:] == ["76.50 ± 0.35 (n=2)", "76.89", "-0.39"]
-    assert rows["LSKD †"][3:] == ["–", "74.38", "–"]  # our lskd run is not the paper's LSKD
+    assert rows["LSKD †"][3:] == ["–", "74.38", "–"]  # our ls run is not the paper's LSKD
     assert rows["FitNet"][3:] == ["–", "73.50", "–"]  # no run: the published value alone
     assert rows["FSP"][:3] == ["72.00 (n=1)", "NA", "–"]  # the paper's NA stays NA
     assert rows["FSP"][3:] == ["–", "72.62", "–"]
