@@ -34,6 +34,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("intra_class", "intra_class", []),
     ("dkd", "dkd", ["dkd.warmup=4"]),
     ("lskd", "lskd", []),
+    ("dist", "dist", []),
     ("fitnet", "fitnet", []),
     ("at", "at", []),
     ("sp", "sp", []),

@@ -1,0 +1,36 @@
+"""Configs of the recent logit baselines (issue 15) for the 13 CIFAR-100 pairs of the PCKD tables.
+
+Each method's configs sit under ``configs/cifar100/<method>/<schedule>/<pair>.yaml`` and write to
+``runs/cifar100/<method>/<schedule>/<pair>``, the schedule named in both, so a table never mixes runs trained on
+different recipes. ``e240_step`` is the project's base recipe (240 epochs, lr 0.05 / 0.01 for MobileNetV2 and
+ShuffleNet, x0.1 at 150/180/210, batch 64, wd 5e-4), which is also the recipe of the authors' CIFAR-100 code
+wherever it is stated (docs/methods/<method>.md).
+
+* `dist`: hunto's ``dist_cifar.yaml``: CE 1, DIST 2, tau 4 (``dist_t4``), beta = gamma = 1, for every pair.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from make_configs import PAIRS, pair_name, student_config
+
+SCHEDULE = "e240_step"  # the base recipe of configs/cifar100/base.yaml
+
+
+def dist_section(teacher: str, student: str) -> dict[str, Any]:
+    """The ``dist.*`` section (the same for every pair in the authors' configs)."""
+    return {"ce_weight": 1.0, "kd_weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}
+
+
+SECTIONS = {"dist": dist_section}
+
+
+def configs() -> dict[str, dict[str, Any]]:
+    """Relative path under configs/ -> config, for tools/make_configs.py."""
+    out: dict[str, dict[str, Any]] = {}
+    for method, section in SECTIONS.items():
+        for teacher, student in PAIRS:
+            name = f"{method}/{SCHEDULE}/{pair_name(teacher, student)}"
+            out[f"cifar100/{name}.yaml"] = student_config(method, teacher, student, section(teacher, student), name)
+    return out
