@@ -28,7 +28,7 @@ def _check_pair(method: str, teacher: str, student: str):
 
 
 def test_every_method_has_exactly_the_13_pairs():
-    for method in ("dist",):
+    for method in ("dist", "nkd"):
         files = sorted(p.name for p in (ROOT / method).rglob("*.yaml"))
         assert files == sorted(f"{t}-{s}.yaml" for t, s in PAIRS), method
 
@@ -38,3 +38,9 @@ def test_dist_configs(teacher, student):
     cfg = _check_pair("dist", teacher, student)
     d = cfg.dist
     assert (d.ce_weight, d.kd_weight, d.beta, d.gamma, d.temperature) == (1.0, 2.0, 1.0, 1.0, 4.0)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_nkd_configs(teacher, student):
+    n = _check_pair("nkd", teacher, student).nkd
+    assert (n.ce_weight, n.target_weight, n.gamma, n.temperature) == (1.0, 1.0, 3.5, 3.0)

@@ -7,6 +7,8 @@ ShuffleNet, x0.1 at 150/180/210, batch 64, wd 5e-4), which is also the recipe of
 wherever it is stated (docs/methods/<method>.md).
 
 * `dist`: hunto's ``dist_cifar.yaml``: CE 1, DIST 2, tau 4 (``dist_t4``), beta = gamma = 1, for every pair.
+* `nkd`: cls_KD's CIFAR-100 distillation config (``NKDLoss`` temp 3, gamma 3.5; CE 1, target term 1), for every
+  pair (the authors give one CIFAR-100 setting, not one per pair).
 """
 
 from __future__ import annotations
@@ -23,7 +25,12 @@ def dist_section(teacher: str, student: str) -> dict[str, Any]:
     return {"ce_weight": 1.0, "kd_weight": 2.0, "beta": 1.0, "gamma": 1.0, "temperature": 4.0}
 
 
-SECTIONS = {"dist": dist_section}
+def nkd_section(teacher: str, student: str) -> dict[str, Any]:
+    """The ``nkd.*`` section (the same for every pair)."""
+    return {"ce_weight": 1.0, "target_weight": 1.0, "gamma": 3.5, "temperature": 3.0}
+
+
+SECTIONS = {"dist": dist_section, "nkd": nkd_section}
 
 
 def configs() -> dict[str, dict[str, Any]]:

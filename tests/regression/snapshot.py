@@ -35,6 +35,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("dkd", "dkd", ["dkd.warmup=4"]),
     ("lskd", "lskd", []),
     ("dist", "dist", []),
+    ("nkd", "nkd", []),
     ("fitnet", "fitnet", []),
     ("at", "at", []),
     ("sp", "sp", []),

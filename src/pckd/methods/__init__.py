@@ -16,6 +16,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     intra_class,
     kd,
     lskd,
+    nkd,
     nst,
     pckd,
     pkt,
