@@ -28,7 +28,7 @@ def _check_pair(method: str, teacher: str, student: str):
 
 
 def test_every_method_has_exactly_the_13_pairs():
-    for method in ("dist", "nkd"):
+    for method in ("dist", "nkd", "wttm"):
         files = sorted(p.name for p in (ROOT / method).rglob("*.yaml"))
         assert files == sorted(f"{t}-{s}.yaml" for t, s in PAIRS), method
 
@@ -44,3 +44,9 @@ def test_dist_configs(teacher, student):
 def test_nkd_configs(teacher, student):
     n = _check_pair("nkd", teacher, student).nkd
     assert (n.ce_weight, n.target_weight, n.gamma, n.temperature) == (1.0, 1.0, 3.5, 3.0)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_wttm_configs(teacher, student):
+    w = _check_pair("wttm", teacher, student).wttm
+    assert (w.ce_weight, w.wttm_weight, w.exponent) == (1.0, 4.0, 0.2)

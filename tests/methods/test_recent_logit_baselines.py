@@ -15,7 +15,8 @@ from pckd.demo import demo_methods
 from pckd.engine.trainer import Trainer
 
 # method -> the loss terms its steps log (besides the total)
-TERMS = {"dist": {"ce", "inter", "intra"}, "nkd": {"ce", "nkd_target", "nkd_non"}}
+TERMS = {"dist": {"ce", "inter", "intra"}, "nkd": {"ce", "nkd_target", "nkd_non"},
+         "wttm": {"ce", "wttm"}}
 
 
 def test_listed_by_methods_and_demo_all(capsys):

@@ -36,6 +36,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("lskd", "lskd", []),
     ("dist", "dist", []),
     ("nkd", "nkd", []),
+    ("wttm", "wttm", []),
     ("fitnet", "fitnet", []),
     ("at", "at", []),
     ("sp", "sp", []),

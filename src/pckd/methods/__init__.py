@@ -24,6 +24,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     rkd,
     sp,
     vid,
+    wttm,
 )
 from pckd.methods.base import (
     Distiller,
