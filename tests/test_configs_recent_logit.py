@@ -28,7 +28,7 @@ def _check_pair(method: str, teacher: str, student: str):
 
 
 def test_every_method_has_exactly_the_13_pairs():
-    for method in ("dist", "nkd", "wttm"):
+    for method in ("dist", "nkd", "wttm", "ctkd"):
         files = sorted(p.name for p in (ROOT / method).rglob("*.yaml"))
         assert files == sorted(f"{t}-{s}.yaml" for t, s in PAIRS), method
 
@@ -50,3 +50,10 @@ def test_nkd_configs(teacher, student):
 def test_wttm_configs(teacher, student):
     w = _check_pair("wttm", teacher, student).wttm
     assert (w.ce_weight, w.wttm_weight, w.exponent) == (1.0, 4.0, 0.2)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_ctkd_configs(teacher, student):
+    c = _check_pair("ctkd", teacher, student).ctkd
+    assert (c.ce_weight, c.kd_weight, c.t_start, c.t_range, c.init_raw) == (0.1, 0.9, 1.0, 20.0, 1.0)
+    assert (c.lambda_min, c.lambda_max, c.lambda_loops) == (0.0, 1.0, 10)

@@ -11,6 +11,8 @@ wherever it is stated (docs/methods/<method>.md).
   pair (the authors give one CIFAR-100 setting, not one per pair).
 * `wttm`: CE 1, WTTM 4, exponent l 0.2 (the authors' README example for WTTM) for every pair; the paper's
   appendix lists per-pair values that this port could not read (docs/methods/wttm.md).
+* `ctkd`: the authors' ``scripts/run_cifar_distill.sh`` (KD + global CTKD): CE 0.1, KD 0.9, T in (1, 21),
+  reversal strength 0 -> 1 over 10 epochs (cosine), for every pair.
 """
 
 from __future__ import annotations
@@ -37,7 +39,13 @@ def wttm_section(teacher: str, student: str) -> dict[str, Any]:
     return {"ce_weight": 1.0, "wttm_weight": 4.0, "exponent": 0.2}
 
 
-SECTIONS = {"dist": dist_section, "nkd": nkd_section, "wttm": wttm_section}
+def ctkd_section(teacher: str, student: str) -> dict[str, Any]:
+    """The ``ctkd.*`` section (the same for every pair)."""
+    return {"ce_weight": 0.1, "kd_weight": 0.9, "t_start": 1.0, "t_range": 20.0, "init_raw": 1.0,
+            "lambda_min": 0.0, "lambda_max": 1.0, "lambda_loops": 10}
+
+
+SECTIONS = {"dist": dist_section, "nkd": nkd_section, "wttm": wttm_section, "ctkd": ctkd_section}
 
 
 def configs() -> dict[str, dict[str, Any]]:

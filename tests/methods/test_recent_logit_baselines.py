@@ -16,7 +16,7 @@ from pckd.engine.trainer import Trainer
 
 # method -> the loss terms its steps log (besides the total)
 TERMS = {"dist": {"ce", "inter", "intra"}, "nkd": {"ce", "nkd_target", "nkd_non"},
-         "wttm": {"ce", "wttm"}}
+         "wttm": {"ce", "wttm"}, "ctkd": {"ce", "kd", "temperature", "grl_lambda"}}
 
 
 def test_listed_by_methods_and_demo_all(capsys):

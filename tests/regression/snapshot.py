@@ -37,6 +37,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("dist", "dist", []),
     ("nkd", "nkd", []),
     ("wttm", "wttm", []),
+    ("ctkd", "ctkd", ["ctkd.lambda_loops=2"]),
     ("fitnet", "fitnet", []),
     ("at", "at", []),
     ("sp", "sp", []),

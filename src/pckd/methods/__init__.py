@@ -7,6 +7,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     ce,
     ckd,
     crd,
+    ctkd,
     dist,
     dkd,
     fitnet,
