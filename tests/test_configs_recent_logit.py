@@ -16,19 +16,20 @@ PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resne
 SMALL_LR = {"MobileNetV2", "ShuffleV1", "ShuffleV2"}
 
 
-def _check_pair(method: str, teacher: str, student: str):
-    path = ROOT / method / "e240_step" / f"{teacher}-{student}.yaml"
+def _check_pair(method: str, teacher: str, student: str, folder: str | None = None):
+    folder = folder or method
+    path = ROOT / folder / "e240_step" / f"{teacher}-{student}.yaml"
     cfg = load_config(path)
     assert cfg.method == method and (cfg.teacher.arch, cfg.student.arch) == (teacher, student)
     # The schedule the folder names is the one the config trains with, and the run folder names it too.
     assert (cfg.train.epochs, cfg.train.milestones, cfg.train.batch_size) == (240, [150, 180, 210], 64)
     assert cfg.train.lr == (0.01 if student in SMALL_LR else 0.05)
-    assert cfg.output_dir == f"runs/cifar100/{method}/e240_step/{teacher}-{student}"
+    assert cfg.output_dir == f"runs/cifar100/{folder}/e240_step/{teacher}-{student}"
     return cfg
 
 
 def test_every_method_has_exactly_the_13_pairs():
-    for method in ("dist", "nkd", "wttm", "ctkd"):
+    for method in ("dist", "nkd", "wttm", "ctkd", "kd_dot"):
         files = sorted(p.name for p in (ROOT / method).rglob("*.yaml"))
         assert files == sorted(f"{t}-{s}.yaml" for t, s in PAIRS), method
 
@@ -57,3 +58,10 @@ def test_ctkd_configs(teacher, student):
     c = _check_pair("ctkd", teacher, student).ctkd
     assert (c.ce_weight, c.kd_weight, c.t_start, c.t_range, c.init_raw) == (0.1, 0.9, 1.0, 20.0, 1.0)
     assert (c.lambda_min, c.lambda_max, c.lambda_loops) == (0.0, 1.0, 10)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_kd_dot_configs(teacher, student):
+    cfg = _check_pair("kd", teacher, student, folder="kd_dot")
+    assert (str(cfg.train.optimizer), cfg.train.dot_delta, cfg.train.momentum) == ("dot", 0.075, 0.9)
+    assert (cfg.kd.temperature, cfg.kd.ce_weight, cfg.kd.kd_weight) == (4.0, 0.1, 0.9)

@@ -13,6 +13,8 @@ wherever it is stated (docs/methods/<method>.md).
   appendix lists per-pair values that this port could not read (docs/methods/wttm.md).
 * `ctkd`: the authors' ``scripts/run_cifar_distill.sh`` (KD + global CTKD): CE 0.1, KD 0.9, T in (1, 21),
   reversal strength 0 -> 1 over 10 epochs (cosine), for every pair.
+* `kd_dot`: method `kd` (CE 0.1, KD 0.9, T 4, mdistiller's KD) trained with ``train.optimizer: dot`` and
+  mdistiller's ``DOT.DELTA`` 0.075 (``configs/cifar100/dot/*.yaml``, the same for its three pairs), every pair.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def ctkd_section(teacher: str, student: str) -> dict[str, Any]:
 SECTIONS = {"dist": dist_section, "nkd": nkd_section, "wttm": wttm_section, "ctkd": ctkd_section}
 
 
+DOT_TRAIN = {"optimizer": "dot", "dot_delta": 0.075}  # mdistiller SOLVER.TRAINER: dot, SOLVER.DOT.DELTA
+KD_SECTION = {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}  # mdistiller KD: CE 0.1, KD 0.9, T 4
+
+
 def configs() -> dict[str, dict[str, Any]]:
     """Relative path under configs/ -> config, for tools/make_configs.py."""
     out: dict[str, dict[str, Any]] = {}
@@ -55,4 +61,8 @@ def configs() -> dict[str, dict[str, Any]]:
         for teacher, student in PAIRS:
             name = f"{method}/{SCHEDULE}/{pair_name(teacher, student)}"
             out[f"cifar100/{name}.yaml"] = student_config(method, teacher, student, section(teacher, student), name)
+    for teacher, student in PAIRS:  # KD + DOT: a way of training, so its folder names both
+        name = f"kd_dot/{SCHEDULE}/{pair_name(teacher, student)}"
+        out[f"cifar100/{name}.yaml"] = student_config("kd", teacher, student, dict(KD_SECTION), name,
+                                                      train=dict(DOT_TRAIN))
     return out
