@@ -27,6 +27,13 @@ class Precision(Choice):
     fp16 = "fp16"  # CUDA only: float16 autocast with a gradient scaler
 
 
+class OptimizerChoice(Choice):
+    """The optimizer and its update rule (``train.optimizer``)."""
+
+    sgd = "sgd"
+    dot = "dot"  # DOT (ICCV 2023): separate momenta for the task and the distillation gradients
+
+
 class OnNonFinite(Choice):
     """What a non-finite loss does (``train.on_nonfinite``)."""
 
@@ -98,6 +105,8 @@ class TrainConfig(Settings):
     momentum: float = hp(0.9, ge=0)
     weight_decay: float = hp(5e-4, ge=0)
     nesterov: bool = hp(False)
+    optimizer: OptimizerChoice = hp(OptimizerChoice.sgd, doc="sgd | dot (task momentum - dot_delta, distillation momentum + dot_delta)")
+    dot_delta: float = hp(0.075, ge=0, doc="train.optimizer=dot: the momentum gap delta (mdistiller DOT.DELTA)")
     schedule: Schedule = hp(Schedule.multistep)
     milestones: list[int] = hp(factory=lambda: [150, 180, 210], ge=0, doc="epochs after which lr *= lr_decay")
     lr_decay: float = hp(0.1, gt=0)

@@ -16,6 +16,7 @@ from torch import nn
 import pckd.distributed as dist
 from pckd.config import method_params
 from pckd.data import DataBundle, build_data
+from pckd.engine.optim import StepRule, build_optimizer, plain_step
 from pckd.errors import PckdWarning, UserError
 from pckd.methods.base import Distiller, method_registry
 from pckd.models import create_model, extract_state_dict, load_weights, read_checkpoint
@@ -118,6 +119,7 @@ class Built:
     distiller: Distiller
     optimizer: torch.optim.Optimizer
     schedule: EpochSchedule
+    step: StepRule = plain_step  # how a step's losses become an update (pckd.engine.optim)
 
 
 class EpochSchedule:
@@ -208,6 +210,5 @@ def build(cfg: Any) -> Built:
     distiller = spec.cls(student, teacher, method_params(cfg), data.info).to(device)
     if cfg.train.channels_last:
         distiller.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(parameter_groups(distiller, cfg.train), lr=cfg.train.lr, momentum=cfg.train.momentum,
-                                weight_decay=cfg.train.weight_decay, nesterov=cfg.train.nesterov)
-    return Built(device, data, distiller, optimizer, EpochSchedule(optimizer, cfg.train))
+    setup = build_optimizer(parameter_groups(distiller, cfg.train), cfg.train)
+    return Built(device, data, distiller, setup.optimizer, EpochSchedule(setup.optimizer, cfg.train), setup.step)

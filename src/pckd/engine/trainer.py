@@ -340,8 +340,7 @@ class Trainer:
             self.scaler.step(opt)  # skips the step (and lowers the scale) when a gradient overflowed
             self.scaler.update()
         else:
-            total.backward()
-            opt.step()
+            self.built.step(out.losses, total, opt)
         return out, total
 
     def _log_window(self, progress: EpochProgress, step: int, stop: StopRequest, bar: Any) -> None:

@@ -7,6 +7,8 @@ from pckd.methods import (  # noqa: F401  (registration)
     ce,
     ckd,
     crd,
+    ctkd,
+    dist,
     dkd,
     fitnet,
     fsp,
@@ -15,6 +17,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     intra_class,
     kd,
     ls,
+    nkd,
     nst,
     pckd,
     pkt,
@@ -22,6 +25,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     rkd,
     sp,
     vid,
+    wttm,
 )
 from pckd.methods.base import (
     Distiller,
