@@ -13,7 +13,8 @@ every section, so a crash or a time-out loses nothing that was measured):
 2. throughput: the project's training step (batch augmentation on the device, the Distiller, SGD) for ce, kd,
    pckd, ckd, dkd, crd and reviewkd on resnet32x4 -> resnet8x4 and wrn_40_2 -> wrn_16_2 at batch 64 and 256, in
    fp32, bf16 and bf16 + channels_last; images/s, peak GPU memory and the share of the step the GPU is busy
-   (profiler kernel time / wall time); for ce, kd and pckd also the reference step written like the released
+   (profiler kernel time / wall time), and bf16 + channels_last + torch.compile for kd and pckd on one pair while the
+   time budget lasts; for ce, kd and pckd also the reference step written like the released
    code (per-sample augmentation in DataLoader workers, one per CPU core) and the ratio.
 3. smoke: a resnet56 teacher for a few epochs on the full CIFAR-100 in ``--data``, then ce, kd and pckd resnet20
    students for the same short schedule; top-1 per epoch. Evidence that the GPU path learns, not a reproduction.
@@ -231,6 +232,12 @@ def throughput(s: Suite) -> list[dict[str, Any]]:
                 if s.elapsed() > s.args.budget_s * 0.7:
                     rows.append({"note": f"stopped at {s.elapsed():.0f} s to leave time for the smoke test"})
                     return rows
+    if s.device.type == "cuda":  # compile where it may pay off, while the budget lasts (each compile takes a while)
+        for method in ("kd", "pckd"):
+            if s.elapsed() > s.args.budget_s * 0.6:
+                rows.append({"note": "compile rows skipped: budget"})
+                break
+            rows.append(_measure(s, "wrn_40_2-wrn_16_2", method, 256, "bf16+cl+compile", steps, warmup))
     return rows
 
 
@@ -255,9 +262,12 @@ def _measure(s: Suite, pair: str, method: str, batch: int, mode: str, steps: int
         n = batch * (steps + warmup + 4)
         images, labels = _images(n)
         distiller = _distiller(method, student_arch, teacher_arch, s.device, 100, n)
-        channels_last = mode.endswith("+cl")
-        if channels_last:
+        if "+cl" in mode:
             distiller.to(memory_format=torch.channels_last)
+        if mode.endswith("+compile"):
+            from pckd.engine.acceleration import compile_student
+
+            compile_student(distiller.student)  # as train.compile does
         opt = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
         loader = InMemoryLoader(images.to(s.device), labels.to(s.device), batch, BatchAugment(MEAN, STD), shuffle=True,
                                 seed=0, rank=0, world_size=1)
