@@ -269,7 +269,12 @@ def _measure(s: Suite, pair: str, method: str, batch: int, mode: str, steps: int
 
             compile_student(distiller.student)  # as train.compile does
         opt = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
-        loader = InMemoryLoader(images.to(s.device), labels.to(s.device), batch, BatchAugment(MEAN, STD), shuffle=True,
+        from pckd.engine.acceleration import ChannelsLastAugment
+
+        augment: Any = BatchAugment(MEAN, STD)
+        if "+cl" in mode:  # as the trainer does: every view in channels_last too
+            augment = ChannelsLastAugment(augment)
+        loader = InMemoryLoader(images.to(s.device), labels.to(s.device), batch, augment, shuffle=True,
                                 seed=0, rank=0, world_size=1)
         it = iter(loader)
         bf16 = mode.startswith("bf16")
