@@ -65,6 +65,8 @@ class EpochProgress:
     meter: StepMeter
     window: StepMeter
     skipped: int = 0
+    window_steps: int = 0  # steps in the current log window, and how many of them were skipped
+    window_skipped: int = 0
     window_images: int = 0
     loss_terms: tuple[str, ...] = ()  # the method's weighted loss terms (the rest of the logged values are stats)
     t0: float = field(default_factory=time.perf_counter)
@@ -142,6 +144,7 @@ class Trainer:
     def save(self, epoch: int, step: int, last_eval: dict[str, float] | None, best: bool = False) -> None:
         """Rank 0 writes the checkpoint; under torchrun every rank calls this and waits until the file is
         complete (so a rank that stops or resumes next sees the finished file), and all stop if it failed."""
+        self._check_weights(epoch, step)
         failure: TrainingStopped | None = None
         if dist.is_main_process():
             failure = self._write_checkpoint(epoch, step, last_eval, best)
@@ -296,11 +299,14 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)  # logs stay short when not a terminal
         loader = self.data.train
         for step, batch in enumerate(loader.iter_from(progress.start_step), start=progress.start_step):
-            out, total = self._step(batch, epoch, progress)
-            values = {**out.losses, "loss": total, **out.stats}
+            out, total, skipped = self._step(batch, epoch, progress)
             progress.loss_terms = tuple(out.losses)
-            progress.meter.update(values, out.logits, batch.labels, step=step)
-            progress.window.update(values, out.logits, batch.labels, step=step)
+            progress.window_steps += 1
+            progress.window_skipped += int(skipped)
+            if not skipped:  # metrics average over the steps that ran; a skipped step is counted, not averaged
+                values = {**out.losses, "loss": total, **out.stats}
+                progress.meter.update(values, out.logits, batch.labels, step=step)
+                progress.window.update(values, out.logits, batch.labels, step=step)
             progress.window_images += batch.size * dist.world_size()
             bar.update(1)
             at_log = (step + 1) % self.cfg.train.log_interval == 0 or step + 1 == progress.n_steps
@@ -326,8 +332,9 @@ class Trainer:
         lr = self.built.schedule.set_epoch(epoch)
         return EpochProgress(epoch, start_step, len(loader), lr, StepMeter(self.device), StepMeter(self.device))
 
-    def _step(self, batch: Batch, epoch: int, progress: EpochProgress) -> tuple[StepOutput, torch.Tensor]:
-        """Forward, backward, optimizer step (skipped when ``on_nonfinite=skip_step`` finds a bad loss)."""
+    def _step(self, batch: Batch, epoch: int, progress: EpochProgress) -> tuple[StepOutput, torch.Tensor, bool]:
+        """Forward, backward, optimizer step (skipped when ``on_nonfinite=skip_step`` finds a bad loss).
+        Returns the method's output, the total loss and whether the step was skipped."""
         opt = self.built.optimizer
         with self._autocast():
             out: StepOutput = self.model(batch, epoch)
@@ -335,17 +342,24 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         if self.cfg.train.on_nonfinite == OnNonFinite.skip_step and not self._all_finite(total):  # opt-in sync
             progress.skipped += 1
-        elif self.scaler is not None:
+            return out, total, True
+        if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(opt)  # skips the step (and lowers the scale) when a gradient overflowed
             self.scaler.update()
         else:
             total.backward()
             opt.step()
-        return out, total
+        return out, total, False
 
     def _log_window(self, progress: EpochProgress, step: int, stop: StopRequest, bar: Any) -> None:
         """Read the window's device-side metrics, agree with the other ranks, log, and start a new window."""
+        if progress.window_skipped == progress.window_steps:  # skip_step skipped them all: training is stuck
+            first = step + 2 - progress.window_steps
+            raise TrainingStopped(
+                f"non-finite loss at every step of epoch {progress.epoch} steps {first}-{step + 1} of "
+                f"{progress.n_steps} (train.on_nonfinite=skip_step skipped all {progress.window_steps}: the weights "
+                f"no longer train); {self._last_good()}. Lower train.lr", exit_code=3)
         means, bad = progress.window.read()
         signal, any_bad = self._agree(stop, bool(bad))
         self._check_finite(bad, progress.window, progress.epoch, progress.n_steps, elsewhere=any_bad)
@@ -360,12 +374,14 @@ class Trainer:
                         step=(progress.epoch - 1) * progress.n_steps + step + 1)
         progress.window.reset()
         progress.window_t0, progress.window_images = time.perf_counter(), 0
+        progress.window_steps = progress.window_skipped = 0
 
     def _end_epoch(self, progress: EpochProgress, stop: StopRequest) -> dict[str, float]:
         """Check the epoch's metrics, evaluate, let the method write its records, log, checkpoint."""
         cfg, epoch = self.cfg, progress.epoch
         train_means, bad = progress.meter.read()
         self._check_finite(bad, progress.meter, epoch, progress.n_steps)
+        self._check_weights(epoch, 0)
         epoch_time = time.perf_counter() - progress.t0
         self.wall_time += epoch_time
         test = self._evaluate(self.distiller.student)
@@ -404,8 +420,7 @@ class Trainer:
         step and the last good checkpoint. ``elsewhere``: another rank saw one (all ranks stop together)."""
         if not (bad or elsewhere) or self.cfg.train.on_nonfinite == OnNonFinite.skip_step:
             return
-        last = self.run_dir / LAST
-        good = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+        good = self._last_good()
         first = meter.first_nonfinite() if bad else {}
         losses = {k: v for k, v in first.items() if k != "loss"} or first
         if losses:
@@ -417,6 +432,24 @@ class Trainer:
         raise TrainingStopped(
             f"non-finite {where}; {good}. Lower train.lr, or set train.on_nonfinite=skip_step to skip such steps",
             exit_code=3)
+
+    def _last_good(self) -> str:
+        last = self.run_dir / LAST
+        return f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+
+    def _check_weights(self, epoch: int, step: int) -> None:
+        """Stop (exit code 3) before non-finite weights are evaluated or saved: a finite loss can still have
+        produced them (an overflowing update). One host synchronisation, agreed over ranks."""
+        tensors = {k: v for k, v in self.distiller.state_dict().items() if v.is_floating_point()}
+        flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).logical_not().cpu().tolist()
+        bad = [k for k, flag in zip(tensors, flags) if flag]
+        if not dist.max_over_ranks([int(bool(bad))], self.device)[0]:
+            return
+        where = f"after epoch {epoch}" if step == 0 else f"by epoch {epoch} step {step}"
+        first = f", first '{bad[0]}'" if bad else " on another rank"
+        raise TrainingStopped(
+            f"the weights became non-finite {where} ({len(bad)} of {len(tensors)} tensors{first}) and were not "
+            f"saved; {self._last_good()}. Lower train.lr", exit_code=3)
 
     def _stop_for_signal(self, signame: str, epoch: int, step: int, saved: bool = False) -> None:
         if not saved:
