@@ -179,3 +179,22 @@ def test_nonfinite_learning_rates_are_refused_up_front(
     assert main([command, first, f"output_dir={run_dir}", f"{key}={value}"]) == 2
     assert f"pckd: error: config key '{key}'={float(value)!r} must be a finite number" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def test_a_rerun_after_a_crash_before_the_first_checkpoint_is_accepted(
+    tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No dead end: a NaN in epoch 1 leaves a folder without a checkpoint; resume=true says to drop it, and the
+    plain rerun it points to starts the run (the failed run's log is replaced, not appended to)."""
+    _poison_call(monkeypatch, 2)
+    run_dir = tmp_path / "run"
+    assert main(_args(tiny_config, run_dir)) == 3
+    assert (run_dir / "metrics.jsonl").exists() and not (run_dir / "last.pt").exists()
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(_args(tiny_config, run_dir, "resume=true")) == 2
+    assert "holds no run to resume (no checkpoint was written); drop resume=true" in capsys.readouterr().err
+    assert main(_args(tiny_config, run_dir)) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
+    assert load_checkpoint_file(run_dir / "last.pt")["epoch"] == 2
