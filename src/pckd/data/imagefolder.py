@@ -13,6 +13,7 @@ yielded at all, which a multi-rank run cannot survive, so clean the data first f
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,6 +115,14 @@ def open_split(root: str | Path, split: str, image_size: int, preset: str = "ima
         ) from exc
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start-up: ignore SIGTERM and SIGINT. Slurm, ``kill -- -PGID`` and Ctrl-C signal the
+    whole process group; the main process handles the stop (it finishes the step and checkpoints, which needs
+    its workers alive) and ends its workers itself. A worker whose main process dies exits on its own."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Collated:
     """A worker's batch: the readable images stacked, and what could not be read."""
 
@@ -195,6 +204,7 @@ class ImageFolderLoader:
             pin_memory=self.device.type == "cuda",
             collate_fn=_Collated,
             generator=torch.Generator().manual_seed(seed),  # worker seeds follow the run's seed
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         )
 
     @property
