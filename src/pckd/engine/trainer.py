@@ -74,10 +74,16 @@ class EpochProgress:
 
 
 class Trainer:
-    """Runs one configured training job in ``run_dir``."""
+    """Runs one configured training job in ``run_dir``.
 
-    def __init__(self, cfg: Any, built: Built | None = None) -> None:
+    ``stop``: the stop request already listening for SIGTERM/SIGINT (the launcher's, entered before the data
+    and models are built, so a signal during start-up is not lost); by default the trainer makes its own,
+    active while :meth:`fit` runs.
+    """
+
+    def __init__(self, cfg: Any, built: Built | None = None, stop: StopRequest | None = None) -> None:
         self.cfg = cfg
+        self.stop = stop or StopRequest()
         self.run_dir = check_run_dir(cfg)  # read-only checks first: nothing is written before validation passes
         self.built = built or build(cfg)
         self.lock = create_run_dir(cfg, self.run_dir)
@@ -175,12 +181,12 @@ class Trainer:
         """Rank 0 picks the checkpoint (``last.pt``, or its fallback) and every rank loads that same file, so
         output_dir must be on a filesystem every node sees. Errors are raised on all ranks alike."""
         if not dist.is_distributed():
-            return load_resume_checkpoint(self.run_dir)
+            return load_resume_checkpoint(self.run_dir, self._check_fits)
         choice: tuple[str, str] = ("error", "")
         state: dict[str, Any] | None = None
         if dist.is_main_process():
             try:
-                state, path = load_resume_checkpoint(self.run_dir)
+                state, path = load_resume_checkpoint(self.run_dir, self._check_fits)
                 choice = ("path", str(path))
             except UserError as exc:
                 choice = ("error", str(exc))
@@ -193,6 +199,28 @@ class Trainer:
                                 "filesystem shared by every node")
             state = load_checkpoint_file(Path(value))
         return state, Path(value)
+
+    def _check_fits(self, state: dict[str, Any], path: Path) -> None:
+        """UserError unless the checkpoint's weights and heads have exactly this run's names and shapes (a
+        checkpoint of another method or network is left to :meth:`resume`, which names the mismatch)."""
+        if state["method"] != self.cfg.method or state["arch"] != self.cfg.student.arch:
+            return
+        student_keys = {f"student.{k}" for k in self.distiller.student.state_dict()}
+        full = self.distiller.state_dict()
+        for entry, expected in (("model", self.distiller.student.state_dict()),
+                                ("heads", {k: v for k, v in full.items() if k not in student_keys})):
+            saved = state[entry]
+            missing, extra = [k for k in expected if k not in saved], [k for k in saved if k not in expected]
+            shapes = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
+            if missing or extra or shapes:
+                first = (f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0]}'" if extra
+                         else f"'{shapes[0]}' has shape {tuple(state[entry][shapes[0]].shape)}")
+                raise UserError(f"checkpoint '{path}' does not fit this run's {entry} ({first}; "
+                                f"{len(missing) + len(extra) + len(shapes)} entries differ); use another checkpoint")
+        groups = state["optimizer"].get("param_groups")
+        if not isinstance(groups, list) or len(groups) != len(self.built.optimizer.param_groups):
+            raise UserError(f"checkpoint '{path}' does not fit this run's optimizer (its parameter groups differ); "
+                            "use another checkpoint")
 
     def resume(self) -> None:
         """Restore weights, heads, optimizer, schedule, method state, RNG and bookkeeping from the checkpoint."""
@@ -268,28 +296,34 @@ class Trainer:
         """Train to the configured number of epochs (or only up to ``stop_after_epoch``, as if stopped there);
         returns the summary (also written to summary.json). The folder's lock is released however it ends."""
         try:
-            return self._fit(stop_after_epoch)
+            with self.stop:
+                return self._fit(stop_after_epoch, self.stop)
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    def _fit(self, stop_after_epoch: int | None) -> dict[str, Any]:
+    def _fit(self, stop_after_epoch: int | None, stop: StopRequest) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.resume:
             self.resume()  # before writing anything: an unreadable run must stay as it was
         if not cfg.resume:  # a resumed run keeps the config it started with; changes are logged, not rewritten
             self.logger.write_text(CONFIG, to_yaml(dataclasses.replace(cfg, resume=False, overwrite=False)))
             self.logger.write_json(ENV, environment(cfg))
-        if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None:
+        if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None \
+                and stop.requested is None:
             self.teacher_eval = self._evaluate(self.distiller.teacher)
             self.logger.log({"kind": "teacher", **self.teacher_eval})
             if dist.is_main_process():
                 print(f"teacher {cfg.teacher.arch}: test top-1 {self.teacher_eval['top1']:.2f}% "
                       f"top-5 {self.teacher_eval['top5']:.2f}%", flush=True)
+        signal, _ = self._agree(stop)
+        if signal is not None:  # during start-up: save where training would begin, so a resume starts there
+            epoch = self.start_epoch if self.start_step else self.start_epoch - 1
+            self.save(epoch, self.start_step, None)
+            self._stop_for_signal(signal, epoch, self.start_step, saved=True)
         last_eval: dict[str, float] | None = None
-        with StopRequest() as stop:
-            for epoch in range(self.start_epoch, min(cfg.train.epochs, stop_after_epoch or cfg.train.epochs) + 1):
-                last_eval = self._run_epoch(epoch, stop)
+        for epoch in range(self.start_epoch, min(cfg.train.epochs, stop_after_epoch or cfg.train.epochs) + 1):
+            last_eval = self._run_epoch(epoch, stop)
         return self._finish(last_eval)
 
     def _run_epoch(self, epoch: int, stop: StopRequest) -> dict[str, float]:
@@ -457,6 +491,8 @@ class Trainer:
         self.logger.close()
         code = 0 if signame == "SIGTERM" else 130
         where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch} step {step}"
+        if epoch == 0:
+            where = "before the first step"
         raise TrainingStopped(
             f"{signame}: stopped {where}; checkpoint saved in {self.run_dir / LAST}. "
             f"Resume with: {self.resume_command()}", exit_code=code)

@@ -31,6 +31,11 @@ _FORBIDDEN_GLOBAL = re.compile(r"(?:Unsupported (?:global|class):? (?:GLOBAL )?|
 _SHOWN_KEYS = 3
 
 
+def forbidden_globals(err: BaseException) -> list[str]:
+    """The globals a refused ``weights_only`` load names in its error (sorted, unique; empty when none)."""
+    return sorted(set(_FORBIDDEN_GLOBAL.findall(str(err))))
+
+
 def _trust_key(key_name: str) -> str:
     """'teacher.checkpoint' -> 'teacher.trust_checkpoint': the config key that allows full unpickling."""
     section, _, _ = key_name.rpartition(".")
@@ -74,10 +79,10 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False, key_name:
         with published_formats():  # RepDistiller's Namespace and numpy accuracies load without trust
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
-        found = _FORBIDDEN_GLOBAL.findall(str(err))
+        found = forbidden_globals(err)
         if found and not trust:
             raise UserError(
-                f"checkpoint '{path}' ({key_name}) contains pickled code/objects ({', '.join(sorted(set(found)))}) "
+                f"checkpoint '{path}' ({key_name}) contains pickled code/objects ({', '.join(found)}) "
                 f"and was NOT loaded or executed; only if you trust this file, set {_trust_key(key_name)}=true "
                 "(or re-save it as a plain state dict where it was made)"
             ) from None
