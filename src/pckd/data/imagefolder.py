@@ -242,7 +242,7 @@ class ImageFolderLoader:
         return self._epoch()
 
     def _epoch(self) -> Iterator[Batch]:
-        skipped, first = 0, None
+        skipped, read, first = 0, 0, None
         for part in self.loader:
             if part.failed:
                 path, reason = part.failed[0]
@@ -256,11 +256,18 @@ class ImageFolderLoader:
                 first = first or path
             if part.images is None:
                 continue  # every image of this batch was unreadable
+            read += int(part.labels.shape[0])
             yield Batch(
                 images=part.images.to(self.device, non_blocking=True),
                 labels=part.labels.to(self.device, non_blocking=True),
                 index=part.index.to(self.device, non_blocking=True),
                 augment=self.augment,
+            )
+        if skipped and not read:  # nothing left to train on or evaluate: a 0% "success" would hide it
+            raise UserError(
+                f"data.skip_corrupt: every image read from '{self.dataset.root}'"
+                f"{f' in epoch {self.epoch}' if self.epoch else ''} was unreadable ({skipped} images, first: "
+                f"'{first}'); fix the files or point data.root at an intact copy"
             )
         if skipped:
             warnings.warn(
