@@ -128,3 +128,81 @@ def test_malicious_teacher_checkpoint_is_refused_through_pckd_train(
     export = tmp_path / "out.safetensors"
     assert main(["export", str(evil), str(export)]) == 2  # export reads the same safe way
     assert not marker.exists() and not export.exists()
+
+
+def _spoil(kind: str, good: dict[str, Any], marker: Path) -> Any:
+    """A last.pt that loads (or is refused) but cannot be resumed from, built from a real checkpoint."""
+    if kind == "pickled code":
+        return {**good, "model": _Payload(marker)}
+    if kind == "bare format tag":
+        return {"format": "pckd"}
+    if kind == "missing entries":
+        return {k: v for k, v in good.items() if k not in ("optimizer", "rng")}
+    if kind == "wrong types":
+        return {**good, "epoch": "two", "model": dict.fromkeys(good["model"], 1.0)}
+    if kind == "wrong state-dict keys":
+        return {**good, "model": {f"renamed.{k}": v for k, v in good["model"].items()}}
+    if kind == "wrong shapes":
+        return {**good, "model": {k: v.flatten()[:1] for k, v in good["model"].items()}}
+    raise AssertionError(kind)
+
+
+EXPECTED_REASON = {
+    "pickled code": "contains pickled code/objects (io.open) and was NOT loaded or executed",
+    "bare format tag": "is not a complete pckd checkpoint (missing method, arch, model, heads, optimizer",
+    "missing entries": "is not a complete pckd checkpoint (missing optimizer, rng)",
+    "wrong types": "is not a complete pckd checkpoint (wrong type of epoch, model)",
+    "wrong state-dict keys": "does not fit this run's model (missing 'conv1.weight';",
+    "wrong shapes": "does not fit this run's model ('conv1.weight' has shape (1,);",
+}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED_REASON))
+def test_an_unusable_last_pt_is_named_and_resume_falls_back_to_previous(
+    kind: str, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint that is complete on disk but malicious or structurally invalid is as unusable as a truncated
+    one: one warning naming the file and why, and the resume continues from last.prev.pt (never a traceback)."""
+    run_dir = tmp_path / "run"
+    assert main(_two_epoch_run(tiny_config, run_dir)) == 0
+    last = run_dir / LAST
+    marker = tmp_path / "payload-ran"
+    torch.save(_spoil(kind, load_checkpoint_file(last), marker), last)
+    capsys.readouterr()
+    assert main(_two_epoch_run(tiny_config, run_dir, "resume=true", "train.epochs=3")) == 0
+    captured = capsys.readouterr()
+    fallback = [line for line in captured.err.splitlines() if "falling back" in line]
+    assert len(fallback) == 1, captured.err
+    assert fallback[0].startswith(f"pckd: warning: checkpoint '{last}' {EXPECTED_REASON[kind]}"), fallback[0]
+    assert f"falling back to the previous good checkpoint '{run_dir / PREVIOUS}'" in fallback[0]
+    assert "Traceback" not in captured.err and not marker.exists()
+    assert f"resuming {run_dir} from last.prev.pt: epoch 2, step 0" in captured.out
+    assert load_checkpoint_file(last)["epoch"] == 3
+
+
+def test_unusable_last_and_previous_name_both_in_one_line(tiny_config: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    assert main(_two_epoch_run(tiny_config, run_dir)) == 0
+    torch.save({"format": "pckd"}, run_dir / LAST)
+    torch.save({"format": "pckd", "epoch": 1}, run_dir / PREVIOUS)
+    capsys.readouterr()
+    assert main(_two_epoch_run(tiny_config, run_dir, "resume=true", "train.epochs=3")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"pckd: error: no readable checkpoint in '{run_dir}': ")
+    assert f"'{run_dir / LAST}' is not a complete" in err and f"'{run_dir / PREVIOUS}' is not a complete" in err
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ({"format": "pckd"}, "does not say its architecture; add student.arch=NAME"),
+    ({"format": "pckd", "arch": "resnet8", "model": {"x": torch.zeros(1)}},
+     "does not fit CifarResNet: missing conv1.weight"),  # the stored arch is used without a stored config
+])
+def test_eval_of_a_pckd_checkpoint_without_config_is_one_line(
+    content: dict[str, Any], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bare.pt"
+    torch.save(content, path)
+    assert main(["eval", str(path), "data.name=digits", "data.test_limit=8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("pckd: error:") and fragment in err, err

@@ -206,3 +206,118 @@ def test_mid_epoch_resume_restores_method_state_exactly(method: str, tmp_path: P
     elif method == "intra_class":
         for key, value in a["method_state"]["queue"].items():
             assert torch.equal(value, b["method_state"]["queue"][key]), key
+
+
+# ---- the whole process group, repeated signals, start-up ------------------------------------------------------
+def _image_folder_run(config: Path, run_dir: Path, shared_data: Path) -> subprocess.Popen:
+    """A run reading JPEGs through two DataLoader workers, in its own process group (as under Slurm)."""
+    return subprocess.Popen(
+        pckd_command("train", str(config), f"output_dir={run_dir}", "data.name=imagefolder",
+                     f"data.root={shared_data / 'cifar10-jpeg-mini'}", "data.image_size=32", "data.num_workers=2",
+                     "train.epochs=1", "data.test_limit=40", "train.eval_batch_size=40"),
+        env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("repeats", [1, 150])
+def test_sigterm_to_the_process_group_with_dataloader_workers_saves_and_exits_0(
+    repeats: int, tiny_config: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    """`kill -- -PGID` (what Slurm does) reaches the workers too; repeated every 10 ms until the run exits it
+    must still end with the checkpoint and exit 0, never death by signal."""
+    run_dir = tmp_path / "run"
+    proc = _image_folder_run(tiny_config, run_dir, shared_data)
+    try:
+        _wait_for_step_line(run_dir / "metrics.jsonl", proc)
+        for _ in range(repeats):
+            if proc.poll() is not None:
+                break
+            os.killpg(proc.pid, signal.SIGTERM)
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err
+    saved = load_checkpoint_file(run_dir / "last.pt")
+    assert saved["epoch"] == 1 and saved["step"] > 0
+    assert err.count("pckd: SIGTERM: stopped at epoch 1 step") == 1 and "Traceback" not in err, err
+    assert not list(run_dir.glob(".*.tmp-*"))
+
+
+def test_sigint_after_sigterm_aborts_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # repeated: still one request, said once
+        assert stop.requested == "SIGTERM"
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # "Ctrl-C again to abort now" holds after a SIGTERM too
+    assert capsys.readouterr().out.count("SIGTERM received") == 1
+
+
+def test_sigterm_after_the_stop_is_ignored_until_exit() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with StopRequest(ignore_sigterm_after_stop=True):
+            signal.raise_signal(signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        signal.raise_signal(signal.SIGTERM)  # would end this process with the default action
+        with StopRequest(ignore_sigterm_after_stop=True):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # no stop: what was there is restored
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("phase", ["build", "teacher evaluation"])
+def test_sigterm_during_start_up_saves_where_training_begins_and_resumes_exactly(
+    phase: str, tiny_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SIGTERM while the data and models are built, or while the teacher is evaluated, is not lost: the run
+    stops before its first step with exit 0, a checkpoint and the resume command; the resumed run equals an
+    uninterrupted one."""
+    from pckd.cli import main
+    from pckd.engine import trainer as trainer_module
+
+    torch.manual_seed(1)
+    teacher = tmp_path / "teacher.pt"
+    torch.save({"model": create_model("resnet8", num_classes=10).state_dict()}, teacher)
+    args = ["train", str(tiny_config), "method=kd", "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={teacher}",
+            "data.name=digits", "data.train_limit=32", "data.test_limit=16", "train.epochs=1", "train.batch_size=16",
+            "train.device=cpu", "train.progress=false", "train.eval_teacher=true"]
+    assert main([*args, f"output_dir={tmp_path / 'full'}"]) == 0
+
+    if phase == "build":
+        real_build = trainer_module.build
+
+        def build(cfg: Any) -> Any:
+            signal.raise_signal(signal.SIGTERM)
+            return real_build(cfg)
+
+        monkeypatch.setattr(trainer_module, "build", build)
+    else:
+        real_evaluate = Trainer._evaluate
+
+        def evaluate(self: Trainer, model: torch.nn.Module) -> dict[str, float]:
+            if model is self.distiller.teacher:
+                signal.raise_signal(signal.SIGTERM)
+            return real_evaluate(self, model)
+
+        monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+    before = signal.getsignal(signal.SIGTERM)
+    run_dir = tmp_path / "part"
+    capsys.readouterr()
+    try:
+        assert main([*args, f"output_dir={run_dir}"]) == 0
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err
+    assert (f"pckd: SIGTERM: stopped before the first step; checkpoint saved in {run_dir / 'last.pt'}. Resume with: "
+            f"pckd train {run_dir / 'config.yaml'} resume=true") in err, err
+    assert (load_checkpoint_file(run_dir / "last.pt")["epoch"], load_checkpoint_file(run_dir / "last.pt")["step"]) \
+        == (0, 0)
+    monkeypatch.undo()
+    assert main(["train", str(run_dir / "config.yaml"), "resume=true"]) == 0
+    a, b = load_checkpoint_file(tmp_path / "full" / "last.pt"), load_checkpoint_file(run_dir / "last.pt")
+    assert a["epoch"] == b["epoch"] == 1
+    _assert_same_weights(a, b)
+    assert a["teacher_eval"] == b["teacher_eval"] and a["teacher_eval"]["top1"] >= 0

@@ -130,6 +130,42 @@ def _check_canonical(name: str, layout: _Layout, folder: Path, files: list[tuple
             return
 
 
+def _not_cifar(layout: _Layout, path: Path, what: str) -> UserError:
+    return UserError(f"data.root: '{path}' is not a {layout.title} pickle ({what}); point data.root at the python "
+                     "version of the dataset")
+
+
+def _class_names(layout: _Layout, path: Path) -> list[str]:
+    meta = _unpickle(path)
+    names = meta.get(layout.names_key) if isinstance(meta, dict) else None
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, (str, bytes)) for n in names):
+        raise _not_cifar(layout, path, f"no list of class names under '{layout.names_key}'")
+    return [n.decode("latin1") if isinstance(n, bytes) else n for n in names]
+
+
+def _split_arrays(layout: _Layout, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The uint8 pixel rows [N, 3072] and int64 labels [N] of one split file. Any other pixel type is refused,
+    not cast: float images in [0, 1] would turn black and int64 values above 255 would wrap around."""
+    entry = _unpickle(path)
+    if not isinstance(entry, dict) or "data" not in entry or layout.label_key not in entry:
+        keys = sorted(map(str, entry)) if isinstance(entry, dict) else type(entry).__name__
+        raise _not_cifar(layout, path, f"needs the keys 'data' and '{layout.label_key}', found {keys}")
+    data = entry["data"]
+    if not isinstance(data, np.ndarray):
+        raise _not_cifar(layout, path, f"'data' is a {type(data).__name__}, not an array")
+    if data.dtype != np.uint8:
+        raise UserError(
+            f"data.root: '{path}' stores its images as {data.dtype}; {layout.title} pickles hold uint8 pixels "
+            "(0-255) and converting would corrupt them; write the file with uint8 data or use the original files")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise _not_cifar(layout, path, f"data shape {data.shape}, expected (N, 3072)")
+    raw = entry[layout.label_key]
+    labels = np.asarray(raw) if isinstance(raw, (list, tuple, np.ndarray)) else np.asarray([None])
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != data.shape[0]:
+        raise _not_cifar(layout, path, f"'{layout.label_key}' must be {data.shape[0]} integers, one per image")
+    return data, labels.astype(np.int64)
+
+
 def load_cifar(
     name: str, root: str | os.PathLike, train: bool, download: bool = False
 ) -> tuple[Tensor, Tensor, list[str]]:
@@ -168,18 +204,12 @@ def load_cifar(
             )
     _check_canonical(name, layout, folder, [*files, layout.meta])
 
-    class_names = [str(c) for c in _unpickle(folder / layout.meta[0])[layout.names_key]]
+    class_names = _class_names(layout, folder / layout.meta[0])
     chunks, labels = [], []
     for file, _ in files:
-        entry = _unpickle(folder / file)
-        data = np.asarray(entry["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(entry[layout.label_key]) != data.shape[0]:
-            raise UserError(
-                f"data.root: '{folder / file}' is not a {layout.title} pickle (data shape {data.shape}); "
-                "point data.root at the python version of the dataset"
-            )
+        data, split_labels = _split_arrays(layout, folder / file)
         chunks.append(data)
-        labels.append(np.asarray(entry[layout.label_key], dtype=np.int64))
+        labels.append(split_labels)
     # Rows are stored channel-major (R plane, G plane, B plane), so a reshape gives CHW without a copy.
     images = torch.from_numpy(np.concatenate(chunks) if len(chunks) > 1 else chunks[0]).view(-1, 3, 32, 32)
     label_tensor = torch.from_numpy(np.concatenate(labels))

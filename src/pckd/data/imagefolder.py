@@ -13,6 +13,7 @@ yielded at all, which a multi-rank run cannot survive, so clean the data first f
 
 from __future__ import annotations
 
+import signal
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -114,6 +115,14 @@ def open_split(root: str | Path, split: str, image_size: int, preset: str = "ima
         ) from exc
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader worker start-up: ignore SIGTERM and SIGINT. Slurm, ``kill -- -PGID`` and Ctrl-C signal the
+    whole process group; the main process handles the stop (it finishes the step and checkpoints, which needs
+    its workers alive) and ends its workers itself. A worker whose main process dies exits on its own."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _Collated:
     """A worker's batch: the readable images stacked, and what could not be read."""
 
@@ -195,6 +204,7 @@ class ImageFolderLoader:
             pin_memory=self.device.type == "cuda",
             collate_fn=_Collated,
             generator=torch.Generator().manual_seed(seed),  # worker seeds follow the run's seed
+            worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
         )
 
     @property
@@ -232,7 +242,7 @@ class ImageFolderLoader:
         return self._epoch()
 
     def _epoch(self) -> Iterator[Batch]:
-        skipped, first = 0, None
+        skipped, read, first = 0, 0, None
         for part in self.loader:
             if part.failed:
                 path, reason = part.failed[0]
@@ -246,11 +256,18 @@ class ImageFolderLoader:
                 first = first or path
             if part.images is None:
                 continue  # every image of this batch was unreadable
+            read += int(part.labels.shape[0])
             yield Batch(
                 images=part.images.to(self.device, non_blocking=True),
                 labels=part.labels.to(self.device, non_blocking=True),
                 index=part.index.to(self.device, non_blocking=True),
                 augment=self.augment,
+            )
+        if skipped and not read:  # nothing left to train on or evaluate: a 0% "success" would hide it
+            raise UserError(
+                f"data.skip_corrupt: every image read from '{self.dataset.root}'"
+                f"{f' in epoch {self.epoch}' if self.epoch else ''} was unreadable ({skipped} images, first: "
+                f"'{first}'); fix the files or point data.root at an intact copy"
             )
         if skipped:
             warnings.warn(

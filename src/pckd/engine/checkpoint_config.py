@@ -59,12 +59,15 @@ def load_checkpoint_config(checkpoint: str | Path, overrides: list[str], *, keep
     path = Path(checkpoint)
     first = load_config(None, overrides, base={"method": "ce"}, sections=sections)
     state = read_checkpoint(path, trust=first.student.trust_checkpoint, key_name=CHECKPOINT_KEY)
-    stored, arch = stored_config(state), (str(state.get("arch")) if isinstance(state, dict) else None)
+    stored = stored_config(state)
+    arch = state.get("arch") if isinstance(state, dict) and state.get("format") == "pckd" else None
     if stored is None:
-        stored, arch = _exported(path)
+        stored, exported_arch = _exported(path)
+        arch = exported_arch or arch
     base: dict[str, Any] = {"method": "ce"}
     if stored is not None:
         base.update({k: stored[k] for k in keep if isinstance(stored.get(k), dict)})
+    if isinstance(arch, str) and arch:
         base["student"] = {"arch": arch}
     given = parse_override_layer(overrides).get("student", {})
     if "arch" not in base.get("student", {}) and not (isinstance(given, dict) and "arch" in given):

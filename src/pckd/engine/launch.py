@@ -23,11 +23,15 @@ def _init_process_group() -> bool:
 
 def run_training(cfg: Any) -> dict[str, Any] | None:
     """Train; returns the summary on rank 0 (None on other ranks)."""
+    from pckd.engine.signals import StopRequest
     from pckd.engine.trainer import Trainer
 
     started = _init_process_group()
     try:
-        summary = Trainer(cfg).fit()
+        # Listening from before the data and models are built: a SIGTERM during start-up stops the run cleanly
+        # (a checkpoint where training would begin), and one repeated while the process exits is ignored.
+        with StopRequest(ignore_sigterm_after_stop=True) as stop:
+            summary = Trainer(cfg, stop=stop).fit()
         return summary if dist.is_main_process() else None
     finally:
         if started:

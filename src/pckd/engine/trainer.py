@@ -65,6 +65,8 @@ class EpochProgress:
     meter: StepMeter
     window: StepMeter
     skipped: int = 0
+    window_steps: int = 0  # steps in the current log window, and how many of them were skipped
+    window_skipped: int = 0
     window_images: int = 0
     loss_terms: tuple[str, ...] = ()  # the method's weighted loss terms (the rest of the logged values are stats)
     t0: float = field(default_factory=time.perf_counter)
@@ -72,10 +74,16 @@ class EpochProgress:
 
 
 class Trainer:
-    """Runs one configured training job in ``run_dir``."""
+    """Runs one configured training job in ``run_dir``.
 
-    def __init__(self, cfg: Any, built: Built | None = None) -> None:
+    ``stop``: the stop request already listening for SIGTERM/SIGINT (the launcher's, entered before the data
+    and models are built, so a signal during start-up is not lost); by default the trainer makes its own,
+    active while :meth:`fit` runs.
+    """
+
+    def __init__(self, cfg: Any, built: Built | None = None, stop: StopRequest | None = None) -> None:
         self.cfg = cfg
+        self.stop = stop or StopRequest()
         self.run_dir = check_run_dir(cfg)  # read-only checks first: nothing is written before validation passes
         self.built = built or build(cfg)
         self.lock = create_run_dir(cfg, self.run_dir)
@@ -142,6 +150,7 @@ class Trainer:
     def save(self, epoch: int, step: int, last_eval: dict[str, float] | None, best: bool = False) -> None:
         """Rank 0 writes the checkpoint; under torchrun every rank calls this and waits until the file is
         complete (so a rank that stops or resumes next sees the finished file), and all stop if it failed."""
+        self._check_weights(epoch, step)
         failure: TrainingStopped | None = None
         if dist.is_main_process():
             failure = self._write_checkpoint(epoch, step, last_eval, best)
@@ -172,12 +181,12 @@ class Trainer:
         """Rank 0 picks the checkpoint (``last.pt``, or its fallback) and every rank loads that same file, so
         output_dir must be on a filesystem every node sees. Errors are raised on all ranks alike."""
         if not dist.is_distributed():
-            return load_resume_checkpoint(self.run_dir)
+            return load_resume_checkpoint(self.run_dir, self._check_fits)
         choice: tuple[str, str] = ("error", "")
         state: dict[str, Any] | None = None
         if dist.is_main_process():
             try:
-                state, path = load_resume_checkpoint(self.run_dir)
+                state, path = load_resume_checkpoint(self.run_dir, self._check_fits)
                 choice = ("path", str(path))
             except UserError as exc:
                 choice = ("error", str(exc))
@@ -190,6 +199,28 @@ class Trainer:
                                 "filesystem shared by every node")
             state = load_checkpoint_file(Path(value))
         return state, Path(value)
+
+    def _check_fits(self, state: dict[str, Any], path: Path) -> None:
+        """UserError unless the checkpoint's weights and heads have exactly this run's names and shapes (a
+        checkpoint of another method or network is left to :meth:`resume`, which names the mismatch)."""
+        if state["method"] != self.cfg.method or state["arch"] != self.cfg.student.arch:
+            return
+        student_keys = {f"student.{k}" for k in self.distiller.student.state_dict()}
+        full = self.distiller.state_dict()
+        for entry, expected in (("model", self.distiller.student.state_dict()),
+                                ("heads", {k: v for k, v in full.items() if k not in student_keys})):
+            saved = state[entry]
+            missing, extra = [k for k in expected if k not in saved], [k for k in saved if k not in expected]
+            shapes = [k for k in expected if k in saved and tuple(saved[k].shape) != tuple(expected[k].shape)]
+            if missing or extra or shapes:
+                first = (f"missing '{missing[0]}'" if missing else f"unexpected '{extra[0]}'" if extra
+                         else f"'{shapes[0]}' has shape {tuple(state[entry][shapes[0]].shape)}")
+                raise UserError(f"checkpoint '{path}' does not fit this run's {entry} ({first}; "
+                                f"{len(missing) + len(extra) + len(shapes)} entries differ); use another checkpoint")
+        groups = state["optimizer"].get("param_groups")
+        if not isinstance(groups, list) or len(groups) != len(self.built.optimizer.param_groups):
+            raise UserError(f"checkpoint '{path}' does not fit this run's optimizer (its parameter groups differ); "
+                            "use another checkpoint")
 
     def resume(self) -> None:
         """Restore weights, heads, optimizer, schedule, method state, RNG and bookkeeping from the checkpoint."""
@@ -265,28 +296,34 @@ class Trainer:
         """Train to the configured number of epochs (or only up to ``stop_after_epoch``, as if stopped there);
         returns the summary (also written to summary.json). The folder's lock is released however it ends."""
         try:
-            return self._fit(stop_after_epoch)
+            with self.stop:
+                return self._fit(stop_after_epoch, self.stop)
         finally:
             if self.lock is not None:
                 self.lock.release()
 
-    def _fit(self, stop_after_epoch: int | None) -> dict[str, Any]:
+    def _fit(self, stop_after_epoch: int | None, stop: StopRequest) -> dict[str, Any]:
         cfg = self.cfg
         if cfg.resume:
             self.resume()  # before writing anything: an unreadable run must stay as it was
         if not cfg.resume:  # a resumed run keeps the config it started with; changes are logged, not rewritten
             self.logger.write_text(CONFIG, to_yaml(dataclasses.replace(cfg, resume=False, overwrite=False)))
             self.logger.write_json(ENV, environment(cfg))
-        if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None:
+        if self.distiller.teacher is not None and cfg.train.eval_teacher and self.teacher_eval is None \
+                and stop.requested is None:
             self.teacher_eval = self._evaluate(self.distiller.teacher)
             self.logger.log({"kind": "teacher", **self.teacher_eval})
             if dist.is_main_process():
                 print(f"teacher {cfg.teacher.arch}: test top-1 {self.teacher_eval['top1']:.2f}% "
                       f"top-5 {self.teacher_eval['top5']:.2f}%", flush=True)
+        signal, _ = self._agree(stop)
+        if signal is not None:  # during start-up: save where training would begin, so a resume starts there
+            epoch = self.start_epoch if self.start_step else self.start_epoch - 1
+            self.save(epoch, self.start_step, None)
+            self._stop_for_signal(signal, epoch, self.start_step, saved=True)
         last_eval: dict[str, float] | None = None
-        with StopRequest() as stop:
-            for epoch in range(self.start_epoch, min(cfg.train.epochs, stop_after_epoch or cfg.train.epochs) + 1):
-                last_eval = self._run_epoch(epoch, stop)
+        for epoch in range(self.start_epoch, min(cfg.train.epochs, stop_after_epoch or cfg.train.epochs) + 1):
+            last_eval = self._run_epoch(epoch, stop)
         return self._finish(last_eval)
 
     def _run_epoch(self, epoch: int, stop: StopRequest) -> dict[str, float]:
@@ -296,11 +333,14 @@ class Trainer:
                    mininterval=0.5 if sys.stderr.isatty() else 30.0)  # logs stay short when not a terminal
         loader = self.data.train
         for step, batch in enumerate(loader.iter_from(progress.start_step), start=progress.start_step):
-            out, total = self._step(batch, epoch, progress)
-            values = {**out.losses, "loss": total, **out.stats}
+            out, total, skipped = self._step(batch, epoch, progress)
             progress.loss_terms = tuple(out.losses)
-            progress.meter.update(values, out.logits, batch.labels, step=step)
-            progress.window.update(values, out.logits, batch.labels, step=step)
+            progress.window_steps += 1
+            progress.window_skipped += int(skipped)
+            if not skipped:  # metrics average over the steps that ran; a skipped step is counted, not averaged
+                values = {**out.losses, "loss": total, **out.stats}
+                progress.meter.update(values, out.logits, batch.labels, step=step)
+                progress.window.update(values, out.logits, batch.labels, step=step)
             progress.window_images += batch.size * dist.world_size()
             bar.update(1)
             at_log = (step + 1) % self.cfg.train.log_interval == 0 or step + 1 == progress.n_steps
@@ -326,8 +366,9 @@ class Trainer:
         lr = self.built.schedule.set_epoch(epoch)
         return EpochProgress(epoch, start_step, len(loader), lr, StepMeter(self.device), StepMeter(self.device))
 
-    def _step(self, batch: Batch, epoch: int, progress: EpochProgress) -> tuple[StepOutput, torch.Tensor]:
-        """Forward, backward, optimizer step (skipped when ``on_nonfinite=skip_step`` finds a bad loss)."""
+    def _step(self, batch: Batch, epoch: int, progress: EpochProgress) -> tuple[StepOutput, torch.Tensor, bool]:
+        """Forward, backward, optimizer step (skipped when ``on_nonfinite=skip_step`` finds a bad loss).
+        Returns the method's output, the total loss and whether the step was skipped."""
         opt = self.built.optimizer
         with self._autocast():
             out: StepOutput = self.model(batch, epoch)
@@ -335,16 +376,23 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         if self.cfg.train.on_nonfinite == OnNonFinite.skip_step and not self._all_finite(total):  # opt-in sync
             progress.skipped += 1
-        elif self.scaler is not None:
+            return out, total, True
+        if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.step(opt)  # skips the step (and lowers the scale) when a gradient overflowed
             self.scaler.update()
         else:
-            self.built.step(out.losses, total, opt)
-        return out, total
+            self.built.step(out.losses, total, opt)  # the optimizer's update (SGD, or DOT's two momenta)
+        return out, total, False
 
     def _log_window(self, progress: EpochProgress, step: int, stop: StopRequest, bar: Any) -> None:
         """Read the window's device-side metrics, agree with the other ranks, log, and start a new window."""
+        if progress.window_skipped == progress.window_steps:  # skip_step skipped them all: training is stuck
+            first = step + 2 - progress.window_steps
+            raise TrainingStopped(
+                f"non-finite loss at every step of epoch {progress.epoch} steps {first}-{step + 1} of "
+                f"{progress.n_steps} (train.on_nonfinite=skip_step skipped all {progress.window_steps}: the weights "
+                f"no longer train); {self._last_good()}. Lower train.lr", exit_code=3)
         means, bad = progress.window.read()
         signal, any_bad = self._agree(stop, bool(bad))
         self._check_finite(bad, progress.window, progress.epoch, progress.n_steps, elsewhere=any_bad)
@@ -359,12 +407,14 @@ class Trainer:
                         step=(progress.epoch - 1) * progress.n_steps + step + 1)
         progress.window.reset()
         progress.window_t0, progress.window_images = time.perf_counter(), 0
+        progress.window_steps = progress.window_skipped = 0
 
     def _end_epoch(self, progress: EpochProgress, stop: StopRequest) -> dict[str, float]:
         """Check the epoch's metrics, evaluate, let the method write its records, log, checkpoint."""
         cfg, epoch = self.cfg, progress.epoch
         train_means, bad = progress.meter.read()
         self._check_finite(bad, progress.meter, epoch, progress.n_steps)
+        self._check_weights(epoch, 0)
         epoch_time = time.perf_counter() - progress.t0
         self.wall_time += epoch_time
         test = self._evaluate(self.distiller.student)
@@ -403,8 +453,7 @@ class Trainer:
         step and the last good checkpoint. ``elsewhere``: another rank saw one (all ranks stop together)."""
         if not (bad or elsewhere) or self.cfg.train.on_nonfinite == OnNonFinite.skip_step:
             return
-        last = self.run_dir / LAST
-        good = f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+        good = self._last_good()
         first = meter.first_nonfinite() if bad else {}
         losses = {k: v for k, v in first.items() if k != "loss"} or first
         if losses:
@@ -417,12 +466,32 @@ class Trainer:
             f"non-finite {where}; {good}. Lower train.lr, or set train.on_nonfinite=skip_step to skip such steps",
             exit_code=3)
 
+    def _last_good(self) -> str:
+        last = self.run_dir / LAST
+        return f"last good checkpoint: {last}" if last.exists() else "no checkpoint was written yet"
+
+    def _check_weights(self, epoch: int, step: int) -> None:
+        """Stop (exit code 3) before non-finite weights are evaluated or saved: a finite loss can still have
+        produced them (an overflowing update). One host synchronisation, agreed over ranks."""
+        tensors = {k: v for k, v in self.distiller.state_dict().items() if v.is_floating_point()}
+        flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).logical_not().cpu().tolist()
+        bad = [k for k, flag in zip(tensors, flags) if flag]
+        if not dist.max_over_ranks([int(bool(bad))], self.device)[0]:
+            return
+        where = f"after epoch {epoch}" if step == 0 else f"by epoch {epoch} step {step}"
+        first = f", first '{bad[0]}'" if bad else " on another rank"
+        raise TrainingStopped(
+            f"the weights became non-finite {where} ({len(bad)} of {len(tensors)} tensors{first}) and were not "
+            f"saved; {self._last_good()}. Lower train.lr", exit_code=3)
+
     def _stop_for_signal(self, signame: str, epoch: int, step: int, saved: bool = False) -> None:
         if not saved:
             self.save(epoch, step, None)
         self.logger.close()
         code = 0 if signame == "SIGTERM" else 130
         where = f"after epoch {epoch}" if step == 0 else f"at epoch {epoch} step {step}"
+        if epoch == 0:
+            where = "before the first step"
         raise TrainingStopped(
             f"{signame}: stopped {where}; checkpoint saved in {self.run_dir / LAST}. "
             f"Resume with: {self.resume_command()}", exit_code=code)

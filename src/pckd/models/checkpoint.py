@@ -31,6 +31,11 @@ _FORBIDDEN_GLOBAL = re.compile(r"(?:Unsupported (?:global|class):? (?:GLOBAL )?|
 _SHOWN_KEYS = 3
 
 
+def forbidden_globals(err: BaseException) -> list[str]:
+    """The globals a refused ``weights_only`` load names in its error (sorted, unique; empty when none)."""
+    return sorted(set(_FORBIDDEN_GLOBAL.findall(str(err))))
+
+
 def _trust_key(key_name: str) -> str:
     """'teacher.checkpoint' -> 'teacher.trust_checkpoint': the config key that allows full unpickling."""
     section, _, _ = key_name.rpartition(".")
@@ -74,10 +79,10 @@ def read_checkpoint(path: str | os.PathLike[str], trust: bool = False, key_name:
         with published_formats():  # RepDistiller's Namespace and numpy accuracies load without trust
             return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
-        found = _FORBIDDEN_GLOBAL.findall(str(err))
+        found = forbidden_globals(err)
         if found and not trust:
             raise UserError(
-                f"checkpoint '{path}' ({key_name}) contains pickled code/objects ({', '.join(sorted(set(found)))}) "
+                f"checkpoint '{path}' ({key_name}) contains pickled code/objects ({', '.join(found)}) "
                 f"and was NOT loaded or executed; only if you trust this file, set {_trust_key(key_name)}=true "
                 "(or re-save it as a plain state dict where it was made)"
             ) from None
@@ -230,8 +235,28 @@ def load_weights(
         raise error
     if not strict:
         state = {k: v for k, v in state.items() if k in own}
+    check_values(path, key_name, state, own)
     model.load_state_dict(state, strict=strict)
     return model
+
+
+def check_values(path: Path, key_name: str, state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> None:
+    """UserError naming the file unless every weight can be used as it is: a floating-point entry of the model
+    must come as floating point (an integer tensor would be cast silently, e.g. a wrongly exported file), and
+    every value must be finite (NaN/inf weights give NaN outputs, which no setting of this run can fix)."""
+    cast = [k for k, v in state.items() if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if cast:
+        raise UserError(
+            f"checkpoint '{path}' ({key_name}) stores '{cast[0]}' as {state[cast[0]].dtype} where the model has "
+            f"{own[cast[0]].dtype} ({len(cast)} tensors in all); weights must be floating point: re-export the file "
+            "from the original checkpoint")
+    floats = [k for k, v in state.items() if v.is_floating_point()]
+    flags = torch.stack([torch.isfinite(state[k]).all() for k in floats]).tolist() if floats else []
+    bad = [k for k, finite in zip(floats, flags) if not finite]
+    if bad:
+        raise UserError(
+            f"checkpoint '{path}' ({key_name}) holds NaN or infinite weights in {len(bad)} of {len(floats)} tensors "
+            f"(first '{bad[0]}'); it cannot be used: take an earlier checkpoint of that run")
 
 
 def safetensors_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
