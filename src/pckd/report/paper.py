@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-import statistics
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 from pckd.report.collect import RunRecord
 from pckd.report.probes import ProbeRecord
+from pckd.report.tables import Measured
 
 PUBLISHED_JSON = "pckd_paper.json"
 # The PCKD recipe of Tables I/II; a pckd run without one of these terms is an ablation (Tables V-IX).
@@ -159,25 +159,12 @@ def _probe_values(cell: PaperCell, probes: list[ProbeRecord]) -> list[float]:
 
 
 @dataclass
-class Comparison:
+class Comparison(Measured):
     """A published cell beside what the runs measured for it."""
 
     cell: PaperCell
     values: list[float] = field(default_factory=list)
     runs: list[RunRecord] = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.fmean(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation (n - 1 in the denominator); None below two values."""
-        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     @property
     def diff(self) -> float | None:
@@ -186,9 +173,6 @@ class Comparison:
             return None
         return self.mean - self.cell.published
 
-    @property
-    def incomplete(self) -> bool:
-        return any(not run.complete for run in self.runs)
 
 
 @dataclass

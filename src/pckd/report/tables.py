@@ -22,13 +22,12 @@ TEACHER_ROW = "Teacher"
 SCRATCH_ROW = "Student (ce)"
 
 
-@dataclass
-class Cell:
-    """The runs (or teacher accuracies) behind one table cell."""
+class Measured:
+    """Statistics of a cell's measured ``values`` (one per run) and whether any of its ``runs`` is unfinished;
+    shared by the report's own tables and the tables beside the paper."""
 
     values: list[float]
-    runs: list[RunRecord] = field(default_factory=list)
-    delta_kd: float | None = None  # mean minus the kd row's mean in the same column
+    runs: list[RunRecord]
 
     @property
     def n(self) -> int:
@@ -46,6 +45,15 @@ class Cell:
     @property
     def incomplete(self) -> bool:
         return any(not run.complete for run in self.runs)
+
+
+@dataclass
+class Cell(Measured):
+    """The runs (or teacher accuracies) behind one table cell."""
+
+    values: list[float]
+    runs: list[RunRecord] = field(default_factory=list)
+    delta_kd: float | None = None  # mean minus the kd row's mean in the same column
 
     def text(self) -> str:
         """``73.45 ± 0.21 (n=3) (+1.12)``; ``*`` marks a cell holding an incomplete run."""
