@@ -252,6 +252,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _time_steps(step: Callable[[], None], device: torch.device, steps: int, warmup: int) -> float:
+    """Seconds per step over ``steps`` timed steps after ``warmup`` untimed ones; the peak-memory counter
+    starts after the warm-up."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def _measure(s: Suite, pair: str, method: str, batch: int, mode: str, steps: int, warmup: int) -> dict[str, Any]:
     from pckd.data.augment import BatchAugment
     from pckd.data.loader import InMemoryLoader
@@ -288,16 +303,7 @@ def _measure(s: Suite, pair: str, method: str, batch: int, mode: str, steps: int
             opt.step()
 
         distiller.train()
-        for _ in range(warmup):
-            step()
-        _sync(s.device)
-        if s.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(s.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(s.device)
-        wall = (time.perf_counter() - t0) / steps
+        wall = _time_steps(step, s.device, steps, warmup)
         row.update(step_s=wall, img_per_s=batch / wall)
         if s.device.type == "cuda":
             row["peak_gpu_mb"] = torch.cuda.max_memory_allocated(s.device) / 2**20
@@ -346,14 +352,7 @@ def _measure_reference(s: Suite, pair: str, method: str, batch: int, steps: int,
             x, y, _ = next(it)
             reference_step(setup, x.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True))
 
-        for _ in range(warmup):
-            step()
-        _sync(s.device)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        _sync(s.device)
-        wall = (time.perf_counter() - t0) / steps
+        wall = _time_steps(step, s.device, steps, warmup)
         row.update(step_s=wall, img_per_s=batch / wall)
     except Exception as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
