@@ -194,8 +194,9 @@ def build(cfg: Any) -> Built:
             f"train.batch_size={cfg.train.batch_size} is not divisible by the {dist.world_size()} processes; "
             f"use a multiple of {dist.world_size()}"
         )
-    data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device)
     spec = method_registry()[cfg.method]
+    data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device,
+                      strong_view=spec.cls.strong_view)
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
     teacher = None
     if spec.cls.uses_teacher(method_params(cfg)):
