@@ -130,7 +130,7 @@ def test_draws_are_per_image_and_in_the_released_ranges() -> None:
         mags = p.magnitudes[p.ops == k]
         assert mags.min() >= low and mags.max() < high + 1e-12
         assert mags.std() > 0
-    assert 0 <= p.cutout.min() and p.cutout.max() < 0.5 and p.cutout.std() > 0
+    assert p.cutout.min() >= 0 and p.cutout.max() < 0.5 and p.cutout.std() > 0
     # np.random.uniform(w) = uniform(low=w, high=1): centres in (1, 32]
     assert p.cx.min() > 1.0 and p.cx.max() <= 32.0 and p.cy.min() > 1.0
     assert abs(p.cx.mean().item() - 16.5) < 0.5
