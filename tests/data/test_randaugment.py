@@ -201,3 +201,17 @@ def test_worker_transform_follows_the_released_draw_sequence() -> None:
         if fraction > 0:
             expected = _pil_cutout(expected, fraction, np.random.uniform(32), np.random.uniform(32))
         assert np.array_equal(np.array(got), np.array(expected)), seed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_ops_on_cuda_equal_the_cpu_ops(images: torch.Tensor) -> None:
+    g = torch.Generator().manual_seed(7)
+    for k, (name, low, high) in enumerate(ra.OPS):
+        v = low + (high - low) * torch.rand(images.shape[0], dtype=torch.float64, generator=g)
+        cpu = ra.OP_FUNCTIONS[k](images, v)
+        cuda = ra.OP_FUNCTIONS[k](images.cuda(), v.cuda()).cpu()
+        differ = (cpu != cuda).any(dim=1).float().mean().item()
+        assert differ <= (0.01 if name == "Rotate" else 0.0), (name, differ)
+    torch.manual_seed(0)
+    out = BatchAugment(*CIFAR).strong(images.cuda())
+    assert out.is_cuda and out.shape == images.shape and torch.isfinite(out).all()

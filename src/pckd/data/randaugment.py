@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 # (name, low, high) in the order of the released ``augment_list()``; the magnitude is low + (high - low) * U.
@@ -173,14 +172,14 @@ def rotate(images: Tensor, v: Tensor) -> Tensor:
 def sharpness(images: Tensor, v: Tensor) -> Tensor:
     """``ImageEnhance.Sharpness(img).enhance(v)``: blend with ``ImageFilter.SMOOTH`` (3x3 kernel
     [[1,1,1],[1,5,1],[1,1,1]] / 13, rounded), whose border pixels are the original ones."""
-    _, c, h, w = images.shape
+    h, w = images.shape[2:]
     if h < 3 or w < 3:
         return images.clone()  # no interior: the smoothed image is the image itself
-    kernel = torch.ones(c, 1, 3, 3, dtype=torch.float32, device=images.device)
-    kernel[:, :, 1, 1] = 5.0
-    summed = F.conv2d(images.to(torch.float32), kernel, groups=c)  # exact integers (at most 13 * 255)
-    # sum / 13 is never a half-integer, so round-half-up is floor((2 * sum + 13) / 26) in integers
-    smooth = torch.div(summed.to(torch.int32) * 2 + 13, 26, rounding_mode="floor").to(torch.uint8)
+    x = images.to(torch.int32)
+    # the 3x3 window sums of the interior in integers (exact on every device; no TF32 convolution)
+    summed = sum(x[:, :, 1 + dy:h - 1 + dy, 1 + dx:w - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+    summed = summed + 4 * x[:, :, 1:-1, 1:-1]  # centre weight 5
+    smooth = torch.div(summed * 2 + 13, 26, rounding_mode="floor").to(torch.uint8)
     degenerate = images.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth
     return blend(degenerate, images, v)
