@@ -20,7 +20,7 @@ RELEASED_EPOCHS = {
 
 
 def test_each_pair_once_in_its_schedules_folder() -> None:
-    found = sorted((p.parent.name, p.stem) for p in (ROOT / "cifar100" / "mld").rglob("*.yaml"))
+    found = sorted((p.parent.name, p.stem) for p in (ROOT / "cifar100" / "mld").glob("e*_step/*.yaml"))
     expected = sorted((f"e{e}_step", f"{t}-{s}") for (t, s), e in RELEASED_EPOCHS.items())
     assert found == expected
 
@@ -37,6 +37,24 @@ def test_pair_config(teacher: str, student: str) -> None:
     assert (m.temperature, m.extra_temperatures, m.ce_weight, m.kd_weight) == (4.0, [3.0, 5.0, 2.0, 6.0], 0.1, 0.9)
     assert m.percentile == 50.0 and m.corrected is False and m.logit_standardize is False
     assert cfg.output_dir == f"runs/cifar100/mld/e{epochs}_step/{teacher}-{student}"
+
+
+# Sun et al.'s configs/cifar100/mlkd/*.yaml (logit standardisation): 480 epochs, 960 for resnet32x4 -> ShuffleNets
+LS_EPOCHS = {pair: 960 if pair[1] in ("ShuffleV1", "ShuffleV2") and pair[0] == "resnet32x4" else 480
+             for pair in RELEASED_EPOCHS}
+
+
+@pytest.mark.parametrize("teacher, student", sorted(RELEASED_EPOCHS))
+def test_logit_standardisation_configs(teacher: str, student: str) -> None:
+    epochs = LS_EPOCHS[(teacher, student)]
+    cfg = load_config(ROOT / "cifar100" / "mld" / "ls" / f"e{epochs}_step" / f"{teacher}-{student}.yaml")
+    assert cfg.method == "mld" and cfg.train.epochs == epochs and cfg.train.milestones == [150, 180, 210]
+    small = student in {"MobileNetV2", "ShuffleV1", "ShuffleV2"} or (teacher, student) == ("vgg13", "vgg8")
+    assert cfg.train.lr == (0.01 if small else 0.025)
+    m = cfg.mld
+    assert (m.logit_standardize, m.temperature, m.kd_weight, m.ce_weight) == (True, 2.0, 9.0, 0.1)
+    assert cfg.output_dir == f"runs/cifar100/mld_ls/e{epochs}_step/{teacher}-{student}"
+    assert len(list((ROOT / "cifar100" / "mld" / "ls").rglob("*.yaml"))) == 13
 
 
 def test_imagenet_config_is_the_released_kd_ours_recipe() -> None:

@@ -12,6 +12,11 @@ table never mixes runs of different lengths unawares:
 * ``e480_step``: ResNet50 -> MobileNetV2, vgg13 -> MobileNetV2, wrn_40_2 -> ShuffleV1.
 * ``e960_step``: resnet32x4 -> ShuffleV1 / ShuffleV2.
 
+With logit standardisation (``cifar100/mld/ls/<schedule>/``): Sun et al.'s MLKD set-up (sunshangquan/
+logit-standardization-KD: ``tools/train.py --logit-stand --base-temp 2 --kd-weight 9``, so T 2 and KD 9, on
+their ``configs/cifar100/mlkd/*.yaml``: 480 epochs, 960 for resnet32x4 -> ShuffleV1/V2, lr 0.025, 0.01 for
+MobileNetV2/ShuffleNet students and for vgg13 -> vgg8). ResNet50 -> vgg8 has no config there: 480, lr 0.025.
+
 ImageNet (``imagenet/mld/resnet34-resnet18.yaml``): the release's ``kd_ours.yaml``: T 1, CE 0.5, KD 0.5, batch
 512, lr 0.1, 100 epochs, x0.1 at 30/60/90, wd 1e-4, on the project's ImageNet base (torchvision's ResNet34).
 """
@@ -45,6 +50,18 @@ def mld_section() -> dict[str, Any]:
             "percentile": 50.0, "corrected": False}
 
 
+# Sun et al.'s configs/cifar100/mlkd/*.yaml: 480 epochs except these; lr 0.01 for these pairs besides the
+# MobileNetV2/ShuffleNet students (vgg13_vgg8.yaml).
+LS_EPOCHS = {("resnet32x4", "ShuffleV1"): 960, ("resnet32x4", "ShuffleV2"): 960}
+LS_DEFAULT_EPOCHS = 480
+LS_SMALL_LR_PAIRS = {("vgg13", "vgg8")}
+
+
+def mld_ls_section() -> dict[str, Any]:
+    """``mld.*`` with logit standardisation: T 2 (--base-temp) and KD 9 (--kd-weight), CE as cfg.py."""
+    return {**mld_section(), "temperature": 2.0, "kd_weight": 9.0, "logit_standardize": True}
+
+
 def configs() -> dict[str, dict[str, Any]]:
     """Relative path under configs/ -> config, for tools/make_configs.py."""
     out: dict[str, dict[str, Any]] = {}
@@ -55,6 +72,12 @@ def configs() -> dict[str, dict[str, Any]]:
         out[f"cifar100/{name}.yaml"] = student_config(
             "mld", teacher, student, mld_section(), name,
             train={"lr": lr, "epochs": epochs, "milestones": [150, 180, 210]})
+        ls_epochs = LS_EPOCHS.get((teacher, student), LS_DEFAULT_EPOCHS)
+        ls_name = f"mld_ls/e{ls_epochs}_step/{pair_name(teacher, student)}"
+        ls_lr = 0.01 if student in SMALL_LR_STUDENTS or (teacher, student) in LS_SMALL_LR_PAIRS else 0.025
+        out[f"cifar100/mld/ls/e{ls_epochs}_step/{pair_name(teacher, student)}.yaml"] = student_config(
+            "mld", teacher, student, mld_ls_section(), ls_name,
+            train={"lr": ls_lr, "epochs": ls_epochs, "milestones": [150, 180, 210]})
     out["imagenet/mld/resnet34-resnet18.yaml"] = {
         "_base_": "imagenet/base.yaml", "method": "mld",
         "train": {"batch_size": 512, "lr": 0.1, "epochs": 100, "milestones": [30, 60, 90], "weight_decay": 1e-4},
