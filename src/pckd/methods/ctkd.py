@@ -95,10 +95,14 @@ class InstanceTemperature(nn.Module):
 
 
 class TemperatureModule(Choice):
-    """Where CTKD's temperature comes from: one learned value, or one per sample."""
+    """Where CTKD's temperature comes from: one learned value (``global``), or one per sample (``instance``)."""
 
-    global_ = "global"
+    # A member's name is what a saved config.yaml holds; "global" is a keyword, so it is set through the namespace.
+    locals()["global"] = "global"
     instance = "instance"
+
+
+GLOBAL, INSTANCE = TemperatureModule["global"], TemperatureModule["instance"]
 
 
 @dataclass
@@ -113,7 +117,7 @@ class CTKDParams(Settings):
     lambda_min: float = hp(0.0, ge=0, doc="reversal strength at epoch 0 (the authors' -decay_max 0)")
     lambda_max: float = hp(1.0, ge=0, doc="reversal strength from epoch `lambda_loops` on (-decay_min -1)")
     lambda_loops: int = hp(10, ge=0, doc="epochs of the cosine rise of the strength (--decay_loops 10)")
-    temperature_module: TemperatureModule = hp(TemperatureModule.global_, doc="global: one learned temperature "
+    temperature_module: TemperatureModule = hp(GLOBAL, doc="global: one learned temperature "
                                                "(the authors' Global_T); instance: an MLP predicts one per sample")
     instance_hidden: int = hp(128, ge=1, doc="hidden width of the instance-wise MLP (the project's choice: the "
                                              "authors' module is not in their repository)")
@@ -139,7 +143,7 @@ class CTKD(TeacherDistiller):
                             "set ctkd.kd_weight (KD+CTKD) or ctkd.dkd_weight (DKD+CTKD) above 0")
         self.temperature_raw: nn.Parameter | None = None
         self.instance_temperature: InstanceTemperature | None = None
-        if params.temperature_module == TemperatureModule.instance:
+        if params.temperature_module == INSTANCE:
             self.instance_temperature = InstanceTemperature(data.num_classes, params.instance_hidden, params.init_raw)
         else:
             self.temperature_raw = nn.Parameter(torch.full((1,), float(params.init_raw)))
