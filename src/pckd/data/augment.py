@@ -221,8 +221,9 @@ class PreAugmented:
         return rotate_copies(images, n_rotations)
 
     def strong(self, images: Tensor) -> Tensor:
-        raise RuntimeError("this ImageFolder loader was built without MLD's strong view; build the data with "
-                           "strong_view=True (the trainer does so for methods whose `strong_view` is set)")
+        raise RuntimeError("this batch carries no strong view (MLD's): ImageFolder loaders make it when built with "
+                           "strong_view=True (the trainer does so for methods that set it); pckd.api."
+                           "batch_from_tensors takes it as strong=...")
 
     def evaluate(self, images: Tensor) -> Tensor:
         return images
