@@ -5,6 +5,7 @@ transform's draw order against the released sequence of ``random`` / ``np.random
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,8 @@ def images(shared_data: Path) -> torch.Tensor:
     """96 real CIFAR-100 images, a third with the black band a padded crop leaves (autocontrast/equalize see it)."""
     from pckd.data.cifar import load_cifar
 
-    with pytest.warns(UserWarning):  # the shared copy is not the canonical split
+    with warnings.catch_warnings():  # the shared copy is not the canonical split (warned once per process)
+        warnings.simplefilter("ignore", UserWarning)
         x, _, _ = load_cifar("cifar100", str(shared_data), True)
     out = x[:96].clone()
     out[::3, :, :4, :] = 0
