@@ -18,7 +18,7 @@ from pckd.data.batch import Batch
 from pckd.errors import UserError
 from pckd.methods.base import StepOutput, TeacherDistiller, register_method
 from pckd.methods.kd import kd_per_sample
-from pckd.methods.precision import as_float
+from pckd.methods.precision import as_float, no_autocast
 from pckd.methods.standardize import standardize_pair
 from pckd.params import Settings, hp
 
@@ -166,8 +166,9 @@ class MLD(TeacherDistiller):
         t_strong = self.teacher_features(x_strong).logits
         # two student forwards, as released: each view's BatchNorm statistics are its own
         s_weak, s_strong = self.student(x_weak), self.student(x_strong)
-        terms = mld_terms(s_weak, s_strong, t_weak, t_strong, batch.labels, p.temperatures, p.percentile,
-                          p.corrected, p.logit_standardize)
+        with no_autocast(s_weak):  # the correlation matmuls in float32, not in an autocast dtype
+            terms = mld_terms(s_weak, s_strong, t_weak, t_strong, batch.labels, p.temperatures, p.percentile,
+                              p.corrected, p.logit_standardize)
         w = p.kd_weight
         losses = {"ce": p.ce_weight * terms.ce, "kd_weak": w * terms.kd_weak, "kd_strong": w * terms.kd_strong,
                   "cc": w * terms.cc_weak, "bc": w * terms.bc_weak}
