@@ -33,10 +33,14 @@ STUDENT_RUNS: dict[str, dict[str, Any]] = {
     "pckd": {},
     "ckd": {"weight": 10.0, "tau": 1.0},
 }
-# Baselines whose CIFAR defaults would spend the whole short demo schedule in a first stage: SSKD's 60 teacher-stage
-# epochs become 1 here, so its student stage runs too.
+# Baselines whose CIFAR defaults would spend the whole short demo schedule in a first stage (training refuses a
+# first stage as long as the run): SSKD's 60 teacher-stage epochs and AB/FT/FSP's 30 init epochs become 1 here, so
+# their student stage runs too.
 SHORT_STAGES: dict[str, dict[str, Any]] = {
     "sskd": {"init_epochs": 1, "init_milestones": []},
+    "ab": {"init_epochs": 1},
+    "ft": {"init_epochs": 1},
+    "fsp": {"init_epochs": 1},
 }
 
 

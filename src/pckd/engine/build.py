@@ -189,6 +189,17 @@ def parameter_groups(distiller: Distiller, train_cfg: Any) -> list[dict[str, Any
             {"params": rest, "name": "classifier and heads"}]
 
 
+def check_first_stage(cfg: Any) -> None:
+    """Refuse a two-stage method (AB/FT/FSP's init stage, SSKD's teacher stage: ``<method>.init_epochs``) whose
+    first stage takes every epoch of the run: such a run would end without ever training the student."""
+    init = getattr(method_params(cfg), "init_epochs", 0)
+    if init and init >= cfg.train.epochs:
+        raise UserError(
+            f"config key '{cfg.method}.init_epochs'={init} is not below train.epochs={cfg.train.epochs}: the first "
+            f"stage would take the whole run and the student would never train; set train.epochs to "
+            f"{cfg.method}.init_epochs + the student's epochs (e.g. {init + 240}) or lower {cfg.method}.init_epochs")
+
+
 def build(cfg: Any) -> Built:
     """Build the whole training setup from a resolved config (raises UserError on any bad input)."""
     device = resolve_device(cfg.train.device)
@@ -203,6 +214,7 @@ def build(cfg: Any) -> Built:
             f"train.batch_size={cfg.train.batch_size} is not divisible by the {dist.world_size()} processes; "
             f"use a multiple of {dist.world_size()}"
         )
+    check_first_stage(cfg)
     data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device)
     spec = method_registry()[cfg.method]
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
