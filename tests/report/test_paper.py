@@ -268,3 +268,28 @@ def test_recent_baselines_rows_take_only_runs_of_their_setting(tmp_path: Path) -
     # the PCKD paper's KD cell takes the plain KD run only too: every cell implies train.optimizer sgd
     header, rows = _markdown_rows(text, "## Beside the paper: Table I of arXiv")
     assert header[4] == "ResNet32x4→ResNet8x4" and rows["KD"][3] == "73.00 (n=1)"
+
+
+def test_sskd_runs_fill_the_sskd_rows_and_its_teacher_stage_is_not_counted_as_epochs(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    # 60 teacher-stage epochs + the paper's 240 (configs/cifar100/sskd/e240_step), and AB's 30 + 240
+    make_run(root, "sskd", "sskd", RESNET, "resnet8x4", 1, [75.0, 76.0], teacher_top1=79.5, epochs=300)
+    make_run(root, "ab", "ab", RESNET, "resnet8x4", 1, [73.0], teacher_top1=79.5, epochs=270)
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    _, rows = _markdown_rows(text, "## Beside the paper: Table I")
+    assert rows["SSKD"] == ["76.00 (n=1)", "75.69", "+0.31"]
+    assert rows["AB"] == ["73.00 (n=1)", "73.17", "-0.17"]
+    assert "runs planned for" not in text  # both main stages are the paper's 240 epochs
+    make_run(root, "sskd-short", "sskd", RESNET, "resnet8x4", 2, [70.0], teacher_top1=79.5, epochs=80)
+    text = write_report([root], tmp_path / "out2", plots=False).read_text()
+    assert "runs planned for 20, 240 epoch(s); the paper's CIFAR runs train 240" in text
+
+
+def test_imagenet_sskd_run_fills_table_iii(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    pair = ("torchvision.resnet34", "torchvision.resnet18")
+    make_run(root, "sskd", "sskd", pair, pair[1], 1, [71.0], teacher_top1=73.3,
+             extra=["data.name=imagefolder", "data.root=/data/imagenet"], epochs=160)
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    _, rows = _markdown_rows(text, "## Beside the paper: Table III")
+    assert rows["SSKD"] == ["71.00 (n=1)", "71.62", "-0.62", "90.00 (n=1)", "90.67", "-0.67"]

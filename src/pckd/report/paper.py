@@ -3,8 +3,8 @@ releases (``published/recent_baselines.json``), and the runs measured for each o
 mean ± std (n), published value, difference.
 
 A published cell names what would reproduce it: a method (with, for PCKD, the variant: ``full`` or ``wo_kd``)
-and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (SSKD,
-which pckd does not implement, and the paper's LSKD, which is not pckd's ``ls``) are published only.
+and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (the
+paper's LSKD, which is not pckd's ``ls``) are published only.
 """
 
 from __future__ import annotations
@@ -221,6 +221,16 @@ class TableComparison:
         return any(self.comparison(m, other_label).n for m in self.table.method_labels)
 
 
+def _main_epochs(run: RunRecord) -> int | None:
+    """The planned epochs of the run's main stage: ``train.epochs`` less a two-stage method's first stage
+    (``<method>.init_epochs``: RepDistiller's init epochs of AB/FT/FSP, SSKD's teacher stage), which the paper's
+    240 epochs do not count."""
+    if run.epochs_planned is None:
+        return None
+    init = dict(run.variant).get(f"{run.method}.init_epochs")
+    return run.epochs_planned - (int(json.loads(init)) if init is not None else 0)
+
+
 def compare_table(table: PaperTable, runs: list[RunRecord], probes: list[ProbeRecord],
                   metric: str) -> TableComparison:
     """Every cell of ``table`` with the runs (of its data sets) and probes that measure it."""
@@ -244,7 +254,7 @@ def compare_table(table: PaperTable, runs: list[RunRecord], probes: list[ProbeRe
     sliced = sorted({run.dataset for run in used if run.dataset != _base_dataset(run.dataset)})
     if sliced:
         notes.append(f"measured on a subset of the data ({'; '.join(sliced)}): not comparable with the paper")
-    epochs = sorted({run.epochs_planned for run in used if run.epochs_planned is not None})
+    epochs = sorted({e for e in map(_main_epochs, used) if e is not None})
     if len(epochs) > 1 or (epochs and table.datasets[0] == "cifar100" and epochs != [240]):
         notes.append(f"runs planned for {', '.join(map(str, epochs))} epoch(s); the paper's CIFAR runs train 240")
     for comparison in cells.values():
