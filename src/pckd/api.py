@@ -61,21 +61,26 @@ def _classes_of(model: nn.Module) -> int:
 
 
 def batch_from_tensors(images: Tensor, labels: Tensor, index: Tensor | None = None,
-                       strong: Tensor | None = None) -> Batch:
+                       strong: Tensor | None = None, second: Tensor | None = None) -> Batch:
     """A training batch from float images a DataLoader already augmented and normalised (e.g. torchvision
     transforms): the standard view is the images as they are; PCKD's rotated views rotate them. ``index`` are
     the samples' dataset indices (needed by memory banks and per-sample records; default 0..B-1). ``strong``:
-    MLD's strong view of the same images, made by the caller's loader (same shape as ``images``)."""
+    MLD's strong view of the same images, made by the caller's loader (same shape as ``images``); ``second``:
+    another independent crop + flip of them, the second view of two-view methods (``intra_class``)."""
     if not torch.is_floating_point(images) or images.dim() != 4:
         raise UserError(f"images must be a float tensor [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise UserError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
-    if strong is not None and strong.shape != images.shape:
-        raise UserError(f"strong must have the shape of images {tuple(images.shape)}, got {tuple(strong.shape)}")
+    if strong is not None and second is not None:
+        raise UserError("give strong= (MLD) or second= (two-view methods), not both: a batch carries one second view")
+    other = strong if strong is not None else second
+    if other is not None and other.shape != images.shape:
+        name = "strong" if strong is not None else "second"
+        raise UserError(f"{name} must have the shape of images {tuple(images.shape)}, got {tuple(other.shape)}")
     if index is None:
         index = torch.arange(images.shape[0], device=labels.device)
-    if strong is not None:
-        return Batch(images=torch.stack([images, strong], dim=1), labels=labels.long(), index=index,
+    if other is not None:
+        return Batch(images=torch.stack([images, other], dim=1), labels=labels.long(), index=index,
                      augment=PreAugmentedPair())
     return Batch(images=images, labels=labels.long(), index=index, augment=PreAugmented())
 

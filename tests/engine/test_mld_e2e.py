@@ -41,7 +41,7 @@ def test_mld_one_epoch_on_a_cifar100_slice(shared_data: Path, random_teacher: Pa
 def test_mld_corrected_on_the_imagefolder_set(shared_data: Path, random_teacher: Path, tmp_path: Path) -> None:
     mini = shared_data / "cifar10-jpeg-mini"
     bundle = build_data(DataConfig(name="imagefolder", root=str(mini), image_size=32, num_workers=1),
-                        batch_size=32, eval_batch_size=100, seed=1, device=torch.device("cpu"), strong_view=True)
+                        batch_size=32, eval_batch_size=100, seed=1, device=torch.device("cpu"), second_view="strong")
     assert isinstance(bundle.train.augment, PreAugmentedPair)
     batch = next(iter(bundle.train))
     assert batch.images.shape == (32, 2, 3, 32, 32)  # the workers' weak and strong views

@@ -30,6 +30,10 @@ class NormalisingAugmenter:
         """The training view: the normalised images."""
         return (images.float() / self.divisor - self.mean) / self.std
 
+    def another_view(self, images: Tensor) -> Tensor:
+        """A second training view: the same normalisation (deterministic, so equal to the first)."""
+        return self.standard(images)
+
     def evaluate(self, images: Tensor) -> Tensor:
         """The evaluation view: the same normalisation."""
         return self.standard(images)

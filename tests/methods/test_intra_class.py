@@ -167,6 +167,9 @@ class FakeAugmenter:
     def standard(self, images: Tensor) -> Tensor:
         return images.float() / 255 + 0.05 * torch.randn(images.shape)
 
+    def another_view(self, images: Tensor) -> Tensor:
+        return self.standard(images)
+
 
 class FakeModel(nn.Module):
     def __init__(self, num_classes: int = 4, dim: int = 8) -> None:

@@ -191,6 +191,10 @@ class BatchAugment:
         flip, top, left = self._draw(images.shape[0], n_rotations, images.device)
         return self.normalize(rotated_crops(images, flip, top, left, n_rotations, self.crop_padding))
 
+    def another_view(self, images: Tensor) -> Tensor:
+        """A fresh standard view (new crops and flips drawn): independent of any earlier call."""
+        return self.standard(images)
+
     def strong(self, images: Tensor) -> Tensor:
         """MLD's strong view: its own crop + flip, then the released RandAugment (2 ops) and Cutout, each image
         with its own draws (:mod:`pckd.data.randaugment`), then normalisation. [B,3,H,W]."""
@@ -222,8 +226,14 @@ class PreAugmented:
 
     def strong(self, images: Tensor) -> Tensor:
         raise RuntimeError("this batch carries no strong view (MLD's): ImageFolder loaders make it when built with "
-                           "strong_view=True (the trainer does so for methods that set it); pckd.api."
+                           "second_view='strong' (the trainer does so for methods that set it); pckd.api."
                            "batch_from_tensors takes it as strong=...")
+
+    def another_view(self, images: Tensor) -> Tensor:
+        raise RuntimeError("this batch carries one view per image, and a second view of the same crop would be "
+                           "identical: ImageFolder loaders make an independent second view when built with "
+                           "second_view='weak' (the trainer does so for methods that set it); pckd.api."
+                           "batch_from_tensors takes it as second=...")
 
     def evaluate(self, images: Tensor) -> Tensor:
         return images
@@ -231,9 +241,11 @@ class PreAugmented:
 
 class PreAugmentedPair(PreAugmented):
     """The Augmenter of worker-fed training batches that carry two views per image, stacked on dim 1
-    ([B,2,3,H,W]: the weak crop + flip view, then MLD's strong view, both made by the workers).
+    ([B,2,3,H,W]: the weak crop + flip view, then the second view, both made by the workers: MLD's strong view,
+    or another crop + flip for two-view methods).
 
-    standard gives the weak view, strong the strong one; 4-D batches (the test split) pass unchanged.
+    standard gives the first view; strong and another_view the second (the loader made the kind its method
+    declared); 4-D batches (the test split) pass unchanged.
     """
 
     def standard(self, images: Tensor) -> Tensor:
@@ -242,6 +254,11 @@ class PreAugmentedPair(PreAugmented):
     def strong(self, images: Tensor) -> Tensor:
         if images.dim() != 5:
             raise RuntimeError("strong view asked of a batch without one (a test batch?)")
+        return images[:, 1]
+
+    def another_view(self, images: Tensor) -> Tensor:
+        if images.dim() != 5:
+            raise RuntimeError("second view asked of a batch without one (a test batch?)")
         return images[:, 1]
 
     def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:

@@ -25,6 +25,11 @@ class Augmenter(Protocol):
         Returns [n*B,3,H,W]."""
         ...
 
+    def another_view(self, images: Tensor) -> Tensor:
+        """A second standard view, independent of the first (its own crop and flip): what two-view methods
+        such as ``intra_class`` contrast. [B,3,H,W]."""
+        ...
+
     def strong(self, images: Tensor) -> Tensor:
         """MLD's strong view: an independent crop + flip, the released RandAugment (2 of 14 ops, random
         magnitudes) and Cutout, drawn per image, normalised. [B,3,H,W]."""

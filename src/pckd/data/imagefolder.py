@@ -65,16 +65,19 @@ def train_transform(image_size: int, preset: str = "imagenet", strong: bool = Fa
                                transforms.Normalize(mean, std)])
 
 
-class WeakStrong:
-    """Both views of one image, each with its own crop and flip (the released ``MultipleApply([weak,
-    strong])``), stacked: [2,3,H,W]."""
+SECOND_VIEWS = ("", "weak", "strong")  # none; another crop + flip (two-view methods); MLD's strong view
 
-    def __init__(self, image_size: int, preset: str) -> None:
+
+class TwoViews:
+    """Two views of one image, each with its own crop and flip, stacked: [2,3,H,W]. The second is another weak
+    view (``weak``) or MLD's strong one (``strong``: the released ``MultipleApply([weak, strong])``)."""
+
+    def __init__(self, image_size: int, preset: str, second: str) -> None:
         self.weak = train_transform(image_size, preset)
-        self.strong = train_transform(image_size, preset, strong=True)
+        self.second = train_transform(image_size, preset, strong=second == "strong")
 
     def __call__(self, image: Image.Image) -> Tensor:
-        return torch.stack([self.weak(image), self.strong(image)])
+        return torch.stack([self.weak(image), self.second(image)])
 
 
 def eval_transform(image_size: int, preset: str = "imagenet") -> Callable:
@@ -117,16 +120,16 @@ def check_root(root: str | Path) -> None:
 
 
 def open_split(root: str | Path, split: str, image_size: int, preset: str = "imagenet",
-               strong_view: bool = False) -> TolerantImageFolder:
-    """Scan ``root/split`` (``train`` or ``val``) with the matching transform of ``preset``; with
-    ``strong_view`` the training items are MLD's two views (:class:`WeakStrong`)."""
+               second_view: str = "") -> TolerantImageFolder:
+    """Scan ``root/split`` (``train`` or ``val``) with the matching transform of ``preset``; with a
+    ``second_view`` (``weak`` or ``strong``) the training items are two views (:class:`TwoViews`)."""
     check_root(root)
     folder = Path(root).expanduser() / split
     transform: Callable
     if split != "train":
         transform = eval_transform(image_size, preset)
     else:
-        transform = WeakStrong(image_size, preset) if strong_view else train_transform(image_size, preset)
+        transform = TwoViews(image_size, preset, second_view) if second_view else train_transform(image_size, preset)
     try:
         return TolerantImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as exc:
@@ -204,13 +207,13 @@ class ImageFolderLoader:
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        strong_view: bool = False,
+        second_view: str = "",
     ) -> None:
         self.dataset = dataset
         self.device = torch.device(device)
         self.skip_corrupt = skip_corrupt
-        # two views per item ([B,2,3,H,W]) when the workers also make MLD's strong view
-        self.augment: PreAugmented = PreAugmentedPair() if strong_view else PreAugmented()
+        # two views per item ([B,2,3,H,W]) when the workers also make a second view (another crop, or MLD's strong)
+        self.augment: PreAugmented = PreAugmentedPair() if second_view else PreAugmented()
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         if shuffle:

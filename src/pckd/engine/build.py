@@ -217,7 +217,7 @@ def build(cfg: Any) -> Built:
     check_first_stage(cfg)
     spec = method_registry()[cfg.method]
     data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device,
-                      strong_view=spec.cls.strong_view)
+                      second_view=spec.cls.second_view)
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
     teacher = None
     if spec.cls.uses_teacher(method_params(cfg)):

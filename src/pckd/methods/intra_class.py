@@ -195,6 +195,7 @@ class IntraClass(Distiller):
     """Trains ``student`` (the future teacher) with CE + gated intra-class contrast; needs no teacher."""
 
     needs_teacher = False
+    second_view = "weak"  # ImageFolder workers make an independent second crop + flip of each image
     params: IntraClassParams
 
     def __init__(
@@ -219,7 +220,7 @@ class IntraClass(Distiller):
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
         b = batch.size
-        x = torch.cat([batch.augment.standard(batch.images), batch.augment.standard(batch.images)])
+        x = torch.cat([batch.augment.standard(batch.images), batch.augment.another_view(batch.images)])
         out = self.student_features(x)  # one forward over both views
         logits1, logits2 = out.logits.float().chunk(2)
         labels = batch.labels

@@ -156,7 +156,7 @@ class MLD(TeacherDistiller):
     """Multi-level logit distillation on a weak and a strong view."""
 
     params: MLDParams
-    strong_view = True
+    second_view = "strong"
 
     def forward_train(self, batch: Batch, epoch: int) -> StepOutput:
         p = self.params
