@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 import pckd.distributed as dist
 from pckd.config import to_yaml
 from pckd.config.schema import OnNonFinite, Precision, Schedule
+from pckd.crash import note_run_dir
 from pckd.data.batch import Batch
 from pckd.engine.acceleration import ChannelsLastAugment, compile_student
 from pckd.engine.build import Built, build, lr_factor
@@ -87,6 +88,8 @@ class Trainer:
         self.run_dir = check_run_dir(cfg)  # read-only checks first: nothing is written before validation passes
         self.built = built or build(cfg)
         self.lock = create_run_dir(cfg, self.run_dir)
+        if dist.is_main_process():
+            note_run_dir(self.run_dir)  # an unexpected crash from here on leaves its traceback in RUN/crash.log
         self.device = self.built.device
         self.distiller = self.built.distiller
         self.data = self.built.data
