@@ -131,6 +131,11 @@ def written_by_pckd(run_dir: Path, legacy_names: Iterable[str] = ()) -> list[str
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     names = list(manifest.names) if manifest.exists else [*TRAINER_FILES, *legacy_names, *LEGACY_FILES]
+    if not manifest.exists and TENSORBOARD in names:  # a tensorboard/ pckd did not record may be the user's:
+        names.remove(TENSORBOARD)                      # only its event files are pckd's (never through a link)
+        board = run_dir / TENSORBOARD
+        if board.is_dir() and not board.is_symlink():
+            names += [f"{TENSORBOARD}/{n}" for n in sorted(os.listdir(board)) if n.startswith("events.out.tfevents.")]
     found = [n for n in names if os.path.lexists(run_dir / n)]
     if run_dir.is_dir():
         found += [p.name for p in run_dir.iterdir() if _is_temp_of(p.name, names) and p.name not in found]
