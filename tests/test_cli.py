@@ -67,3 +67,15 @@ def test_demo_methods_all_adds_every_registered_student_method(capsys):
     assert main(["demo", "--methods", "kdd"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown student method 'kdd'" in err[0] and "choose from all, " in err[0]
+
+
+def test_demo_runs_both_stages_of_sskd_and_pckd_methods_lists_it(tmp_path, capsys):
+    from pckd.demo import SHORT_STAGES, STUDENT_EPOCHS, _config, demo_methods
+
+    assert "sskd" in demo_methods(["all"])
+    cfg = _config("sskd", tmp_path, STUDENT_EPOCHS, "resnet8", SHORT_STAGES["sskd"], "teacher.pt")
+    assert cfg.sskd.init_epochs == 1 < cfg.train.epochs  # the student stage gets the demo's other epochs
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.startswith("sskd ") for line in out.splitlines())
+    assert "    sskd.init_epochs = 60  [>= 0]" in out

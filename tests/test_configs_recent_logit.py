@@ -29,7 +29,7 @@ def _check_pair(method: str, teacher: str, student: str, folder: str | None = No
 
 
 def test_every_method_has_exactly_the_13_pairs():
-    for method in ("dist", "nkd", "wttm", "ctkd", "kd_dot"):
+    for method in ("dist", "nkd", "wttm", "ctkd", "ctkd_instance", "ctkd_dkd", "kd_dot"):
         files = sorted(p.name for p in (ROOT / method).rglob("*.yaml"))
         assert files == sorted(f"{t}-{s}.yaml" for t, s in PAIRS), method
 
@@ -58,6 +58,22 @@ def test_ctkd_configs(teacher, student):
     c = _check_pair("ctkd", teacher, student).ctkd
     assert (c.ce_weight, c.kd_weight, c.t_start, c.t_range, c.init_raw) == (0.1, 0.9, 1.0, 20.0, 1.0)
     assert (c.lambda_min, c.lambda_max, c.lambda_loops) == (0.0, 1.0, 10)
+    assert (str(c.temperature_module), c.dkd_weight) == ("global", 0.0)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_ctkd_instance_configs(teacher, student):
+    c = _check_pair("ctkd", teacher, student, folder="ctkd_instance").ctkd
+    assert (str(c.temperature_module), c.instance_hidden, c.ce_weight, c.kd_weight, c.dkd_weight) == (
+        "instance", 128, 0.1, 0.9, 0.0)
+
+
+@pytest.mark.parametrize("teacher, student", PAIRS)
+def test_ctkd_dkd_configs(teacher, student):
+    # The authors' DKD line: --distill dkd -r 1 -a 0 -b 1 --dkd_alpha 1 --dkd_beta 2, global temperature.
+    c = _check_pair("ctkd", teacher, student, folder="ctkd_dkd").ctkd
+    assert (c.ce_weight, c.kd_weight, c.dkd_weight, c.dkd_alpha, c.dkd_beta) == (1.0, 0.0, 1.0, 1.0, 2.0)
+    assert (str(c.temperature_module), c.t_start, c.t_range, c.lambda_loops) == ("global", 1.0, 20.0, 10)
 
 
 @pytest.mark.parametrize("teacher, student", PAIRS)

@@ -12,7 +12,9 @@ wherever it is stated (docs/methods/<method>.md).
 * `wttm`: CE 1, WTTM 4, exponent l 0.2 (the authors' README example for WTTM) for every pair; the paper's
   appendix lists per-pair values that this port could not read (docs/methods/wttm.md).
 * `ctkd`: the authors' ``scripts/run_cifar_distill.sh`` (KD + global CTKD): CE 0.1, KD 0.9, T in (1, 21),
-  reversal strength 0 -> 1 over 10 epochs (cosine), for every pair.
+  reversal strength 0 -> 1 over 10 epochs (cosine), for every pair. ``ctkd_instance/``: the same with the
+  instance-wise temperature; ``ctkd_dkd/``: DKD + global CTKD as in that script's DKD line (CE 1, KD 0, DKD 1,
+  alpha 1, beta 2).
 * `kd_dot`: method `kd` (CE 0.1, KD 0.9, T 4, mdistiller's KD) trained with ``train.optimizer: dot`` and
   mdistiller's ``DOT.DELTA`` 0.075 (``configs/cifar100/dot/*.yaml``, the same for its three pairs), every pair.
 """
@@ -47,7 +49,20 @@ def ctkd_section(teacher: str, student: str) -> dict[str, Any]:
             "lambda_min": 0.0, "lambda_max": 1.0, "lambda_loops": 10}
 
 
+def ctkd_instance_section(teacher: str, student: str) -> dict[str, Any]:
+    """KD + instance-wise CTKD: the global recipe with one temperature per sample."""
+    return {**ctkd_section(teacher, student), "temperature_module": "instance", "instance_hidden": 128}
+
+
+def ctkd_dkd_section(teacher: str, student: str) -> dict[str, Any]:
+    """DKD + global CTKD: ``--distill dkd -r 1 -a 0 -b 1 --dkd_alpha 1 --dkd_beta 2`` of the authors' script."""
+    return {**ctkd_section(teacher, student), "ce_weight": 1.0, "kd_weight": 0.0, "dkd_weight": 1.0,
+            "dkd_alpha": 1.0, "dkd_beta": 2.0}
+
+
 SECTIONS = {"dist": dist_section, "nkd": nkd_section, "wttm": wttm_section, "ctkd": ctkd_section}
+# Variants of one method: folder name -> (method, section).
+VARIANTS = {"ctkd_instance": ("ctkd", ctkd_instance_section), "ctkd_dkd": ("ctkd", ctkd_dkd_section)}
 
 
 DOT_TRAIN = {"optimizer": "dot", "dot_delta": 0.075}  # mdistiller SOLVER.TRAINER: dot, SOLVER.DOT.DELTA
@@ -60,6 +75,10 @@ def configs() -> dict[str, dict[str, Any]]:
     for method, section in SECTIONS.items():
         for teacher, student in PAIRS:
             name = f"{method}/{SCHEDULE}/{pair_name(teacher, student)}"
+            out[f"cifar100/{name}.yaml"] = student_config(method, teacher, student, section(teacher, student), name)
+    for folder, (method, section) in VARIANTS.items():
+        for teacher, student in PAIRS:
+            name = f"{folder}/{SCHEDULE}/{pair_name(teacher, student)}"
             out[f"cifar100/{name}.yaml"] = student_config(method, teacher, student, section(teacher, student), name)
     for teacher, student in PAIRS:  # KD + DOT: a way of training, so its folder names both
         name = f"kd_dot/{SCHEDULE}/{pair_name(teacher, student)}"

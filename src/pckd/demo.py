@@ -34,6 +34,15 @@ STUDENT_RUNS: dict[str, dict[str, Any]] = {
     "pckd": {},
     "ckd": {"weight": 10.0, "tau": 1.0},
 }
+# Baselines whose CIFAR defaults would spend the whole short demo schedule in a first stage (training refuses a
+# first stage as long as the run): SSKD's 60 teacher-stage epochs and AB/FT/FSP's 30 init epochs become 1 here, so
+# their student stage runs too.
+SHORT_STAGES: dict[str, dict[str, Any]] = {
+    "sskd": {"init_epochs": 1, "init_milestones": []},
+    "ab": {"init_epochs": 1},
+    "ft": {"init_epochs": 1},
+    "fsp": {"init_epochs": 1},
+}
 
 
 def demo_methods(requested: list[str] | None) -> list[str]:
@@ -81,7 +90,8 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs_scale: float = 1.0,
     rows = [{"run": f"teacher ({TEACHER_ARCH}, ce)", **teacher}]
     for method in students:
         cfg = _config(method, root / f"student-{method}", scale(STUDENT_EPOCHS), STUDENT_ARCH,
-                      STUDENT_RUNS.get(method, {}), None if method == "ce" else teacher_ckpt)
+                      STUDENT_RUNS.get(method, SHORT_STAGES.get(method, {})),
+                      None if method == "ce" else teacher_ckpt)
         name = f"student ({STUDENT_ARCH}, {method})"
         try:
             rows.append({"run": name, **train(cfg)})

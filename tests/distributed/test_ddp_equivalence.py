@@ -102,6 +102,20 @@ def test_kd_two_ranks_stopped_and_resumed_match_one_process(shared_data, random_
     assert _weights_gap(one, two) < 1e-3  # see _weights_gap (measured: ~5e-4, in small BN biases)
 
 
+def test_kd_with_dot_two_ranks_match_one_process(shared_data, random_teacher, tmp_path):
+    """KD+DOT (``train.optimizer=dot``: two backward passes a step, two momentum buffers) under DDP: both
+    passes' gradients must be averaged over the ranks, or the ranks' weights drift apart and the logged losses
+    leave one process's after the first step."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    dot = ["train.optimizer=dot", "train.dot_delta=0.075"]
+    _train_one_process("kd", _overrides(shared_data, random_teacher, one, 2, dot))
+    _train_two_ranks(tmp_path, "kd", _overrides(shared_data, random_teacher, two, 2, dot))
+    _assert_same_steps(one, two, ["ce", "kd"])
+    assert _weights_gap(one, two) < 1e-3
+    state = load_checkpoint_file(two / "last.pt")["optimizer"]["state"]
+    assert state and all("momentum_kd_buffer" in s for s in state.values())  # DOT's second buffer was resumed-ready
+
+
 def test_pckd_two_ranks_log_the_losses_of_one_process(shared_data, random_teacher, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     _train_one_process("pckd", _overrides(shared_data, random_teacher, one, 1, []))

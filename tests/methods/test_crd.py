@@ -151,6 +151,51 @@ def test_uniform_negatives_skip_only_the_anchor():
         assert i not in seen and seen == set(range(10)) - {i}
 
 
+def test_other_class_replace_negatives_are_other_class_samples_with_replacement():
+    torch.manual_seed(0)
+    bank_labels = torch.tensor([0, 1, 1, 2, 2, 2, 0, 3, -1])  # anchor 0 (class 0): eligible {1, 2, 3, 4, 5, 7, 8}
+    idx = draw_contrast_index(torch.tensor([0, 3]), torch.tensor([0, 2]), bank_labels, 9, 500, "other_class_replace")
+    assert idx.shape == (2, 501) and idx[:, 0].tolist() == [0, 3]
+    assert set(idx[0, 1:].tolist()) == {1, 2, 3, 4, 5, 7, 8}  # 500 draws from 7: repeats, every eligible one hit
+    assert set(idx[1, 1:].tolist()) == {0, 1, 2, 6, 7, 8}  # anchor 3 (class 2): not 3, 4, 5
+
+
+def test_other_class_replace_draws_are_uniform_over_the_eligible_set():
+    torch.manual_seed(1)
+    bank_labels = torch.tensor([0, 1, 1, 2, 2, 2, 0, 3])  # anchor 0: eligible {1, 2, 3, 4, 5, 7}
+    idx = draw_contrast_index(torch.tensor([0]), torch.tensor([0]), bank_labels, 8, 6000, "other_class_replace")
+    counts = torch.bincount(idx[0, 1:], minlength=8).double()
+    assert counts[0] == 0 and counts[6] == 0
+    # uniform over 6 samples: 1000 each; chi-square with 5 degrees of freedom, 0.1% critical value 20.5
+    chi2 = float(((counts[[1, 2, 3, 4, 5, 7]] - 1000) ** 2 / 1000).sum())
+    assert chi2 < 20.5
+
+
+def test_other_class_replace_stops_on_a_one_class_bank():
+    torch.manual_seed(0)
+    idx = draw_contrast_index(torch.tensor([0]), torch.tensor([0]), torch.zeros(5, dtype=torch.long), 5, 8,
+                              "other_class_replace")
+    assert idx.shape == (1, 9)  # no eligible sample: the draws stay blocked after MAX_REDRAWS rounds, no hang
+
+
+def test_other_class_replace_needs_no_bank_sized_tensor():
+    # 200k-sample bank, 1000 classes: the draw touches B * k entries, never a [B, N] tensor
+    torch.manual_seed(0)
+    n, b, k = 200_000, 8, 4096
+    bank_labels = torch.arange(n) % 1000
+    index = torch.randint(0, n, (b,))
+    idx = draw_contrast_index(index, bank_labels[index], bank_labels, n, k, "other_class_replace")
+    assert idx.shape == (b, k + 1)
+    assert (bank_labels[idx[:, 1:]] != bank_labels[index][:, None]).all()
+
+
+def test_other_class_replace_step():
+    d = make(negatives="other_class_replace")
+    out = d.forward_train(make_batch(4, NUM_CLASSES, 7, index=torch.tensor([0, 1, 2, 3])), 1)
+    assert set(out.losses) == {"ce", "crd"} and torch.isfinite(out.total)
+    assert (d.bank_labels[:4] >= 0).all()  # the batch's labels entered the bank before the draw
+
+
 # ---- the Distiller -------------------------------------------------------------------------------------------
 def make(teacher: str = "resnet8x4", student: str = "resnet8", **params) -> CRD:
     torch.manual_seed(0)

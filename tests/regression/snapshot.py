@@ -52,6 +52,7 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("ab", "ab", ["ab.init_epochs=1"]),
     ("ft", "ft", ["ft.init_epochs=1"]),
     ("fsp", "fsp", ["fsp.init_epochs=1"]),
+    ("sskd", "sskd", ["sskd.init_epochs=1"]),
 ]
 EPOCHS = (1, 2)
 

@@ -6,6 +6,7 @@ import math
 import os
 import random
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,15 +127,23 @@ class EpochSchedule:
     """Sets the learning rate at the start of each epoch from :func:`lr_factor` (a pure function of the epoch,
     so a resumed or extended run gets exactly the rate the config asks for)."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, train_cfg: Any) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, train_cfg: Any,
+                 stage_lr: Callable[[int], float | None] | None = None) -> None:
         self.optimizer = optimizer
         self.train_cfg = train_cfg
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.stage_lr = stage_lr  # the method's own rate for some epochs (Distiller.stage_lr), or None
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> float:
-        """Set every group's rate for ``epoch`` (a frozen backbone group gets 0); returns the base rate."""
+        """Set every group's rate for ``epoch`` (a frozen backbone group gets 0); returns the base rate. In an
+        epoch where the method's stage sets its own rate, every group gets that rate, and it is returned."""
         self.epoch = epoch
+        own = self.stage_lr(epoch) if self.stage_lr is not None else None
+        if own is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = own
+            return own
         factor = lr_factor(epoch, self.train_cfg)
         frozen = epoch <= self.train_cfg.freeze_backbone_epochs
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
@@ -180,6 +189,17 @@ def parameter_groups(distiller: Distiller, train_cfg: Any) -> list[dict[str, Any
             {"params": rest, "name": "classifier and heads"}]
 
 
+def check_first_stage(cfg: Any) -> None:
+    """Refuse a two-stage method (AB/FT/FSP's init stage, SSKD's teacher stage: ``<method>.init_epochs``) whose
+    first stage takes every epoch of the run: such a run would end without ever training the student."""
+    init = getattr(method_params(cfg), "init_epochs", 0)
+    if init and init >= cfg.train.epochs:
+        raise UserError(
+            f"config key '{cfg.method}.init_epochs'={init} is not below train.epochs={cfg.train.epochs}: the first "
+            f"stage would take the whole run and the student would never train; set train.epochs to "
+            f"{cfg.method}.init_epochs + the student's epochs (e.g. {init + 240}) or lower {cfg.method}.init_epochs")
+
+
 def build(cfg: Any) -> Built:
     """Build the whole training setup from a resolved config (raises UserError on any bad input)."""
     device = resolve_device(cfg.train.device)
@@ -194,6 +214,7 @@ def build(cfg: Any) -> Built:
             f"train.batch_size={cfg.train.batch_size} is not divisible by the {dist.world_size()} processes; "
             f"use a multiple of {dist.world_size()}"
         )
+    check_first_stage(cfg)
     data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device)
     spec = method_registry()[cfg.method]
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
@@ -211,4 +232,5 @@ def build(cfg: Any) -> Built:
     if cfg.train.channels_last:
         distiller.to(memory_format=torch.channels_last)
     setup = build_optimizer(parameter_groups(distiller, cfg.train), cfg.train)
-    return Built(device, data, distiller, setup.optimizer, EpochSchedule(setup.optimizer, cfg.train), setup.step)
+    schedule = EpochSchedule(setup.optimizer, cfg.train, distiller.stage_lr)
+    return Built(device, data, distiller, setup.optimizer, schedule, setup.step)

@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
+
+from pckd.distributed import is_distributed, world_size
 
 TASK_TERMS = frozenset({"ce"})  # StepOutput loss names that are the task loss; every other term is distillation
 
@@ -73,8 +76,28 @@ def split_losses(losses: dict[str, Tensor]) -> tuple[Tensor | None, Tensor | Non
     return (torch.stack(task).sum() if task else None), (torch.stack(kd).sum() if kd else None)
 
 
+def average_grads_over_ranks(optimizer: torch.optim.Optimizer) -> None:
+    """Average every ``.grad`` of the optimizer's parameters over the ranks (one flat all_reduce).
+
+    DDP averages the gradients of the first backward after a forward only; its reducer ignores a second backward
+    of the same forward, which would leave DOT's task gradients local to each rank and the ranks' weights drifting
+    apart. Averaging values that are already equal on every rank changes nothing, so this is safe whatever DDP did.
+    """
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(world_size())
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def dot_backward_step(losses: dict[str, Tensor], optimizer: DistillationOrientedSGD) -> None:
-    """One DOT step: backward of the distillation terms (graph kept), record, backward of the task terms, step."""
+    """One DOT step: backward of the distillation terms (graph kept), record, backward of the task terms, step.
+    Under DDP the task gradients of the second backward are averaged over the ranks here."""
     task, kd = split_losses(losses)
     optimizer.zero_grad(set_to_none=True)
     if kd is not None and kd.requires_grad:
@@ -83,4 +106,6 @@ def dot_backward_step(losses: dict[str, Tensor], optimizer: DistillationOriented
     optimizer.zero_grad(set_to_none=True)
     if task is not None and task.requires_grad:
         task.backward()
+        if is_distributed() and kd is not None and kd.requires_grad:
+            average_grads_over_ranks(optimizer)  # the second backward of this forward: DDP did not reduce it
     optimizer.step()

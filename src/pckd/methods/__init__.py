@@ -24,6 +24,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     reviewkd,
     rkd,
     sp,
+    sskd,
     vid,
     wttm,
 )

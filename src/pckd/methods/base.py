@@ -167,6 +167,12 @@ class Distiller(nn.Module):
         """Called after the last step of ``epoch``; may write its ``output_files`` through ``writer`` (None when
         the method runs outside the trainer, e.g. in a user's own loop)."""
 
+    def stage_lr(self, epoch: int) -> float | None:
+        """The learning rate of ``epoch`` when a stage of the method has its own schedule (SSKD's teacher
+        stage), applied to every parameter group in place of ``train.*``'s schedule; None (the default): the
+        run's schedule. A pure function of the epoch, so a resumed run gets the same rate."""
+        return None
+
     def method_state(self) -> dict[str, Any]:
         """Non-parameter state to checkpoint (queues, memory banks, ...). Buffers are already in state_dict."""
         return {}

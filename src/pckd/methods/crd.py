@@ -25,14 +25,19 @@ from pckd.params import Choice, Settings, hp
 
 
 class CRDNegatives(Choice):
-    """How negatives are drawn (``crd.negatives``): RepDistiller's CIFAR sampler or uniformly."""
+    """How negatives are drawn (``crd.negatives``): RepDistiller's CIFAR sampler, mdistiller's ImageNet sampler
+    (other classes, with replacement), or uniformly."""
 
     other_class = "other_class"
+    other_class_replace = "other_class_replace"
     uniform = "uniform"
 
 
 NEGATIVE_MODES = tuple(m.value for m in CRDNegatives)
 NCE_EPS = 1e-7  # RepDistiller's ``eps`` in ContrastLoss
+# Rejection rounds of other_class_replace; each round keeps a draw with probability (1 - share of the anchor's
+# class), so 64 rounds leave a draw blocked only on a (nearly) one-class dataset.
+MAX_REDRAWS = 64
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -90,11 +95,27 @@ def draw_contrast_index(index: Tensor, labels: Tensor, bank_labels: Tensor | Non
         fewer than ``k`` eligible samples, every eligible one is taken once and the remaining slots are drawn
         uniformly with replacement among them (a row with no eligible sample at all, i.e. a one-class
         dataset, gets blocked samples).
+    other_class_replace: samples whose ``bank_labels`` differ from the anchor's, uniformly WITH replacement
+        (mdistiller's ``ImageNetInstanceSample``: ``np.random.choice(cls_negative[target], k, replace=True)``), by
+        rejection: uniform draws over the bank, the blocked ones drawn again. O(B * k) work and memory where
+        ``other_class`` needs a [B, n_data] tensor, so it suits ImageNet-sized banks.
     uniform: uniformly with replacement from ``range(n_data)`` minus the anchor itself.
     Uses the global RNG of ``index``'s device.
     """
     b, device = index.shape[0], index.device
-    if mode == "uniform":
+    if mode == "other_class_replace":
+        assert bank_labels is not None, "other_class_replace negatives need the labels of the bank"
+        neg = torch.randint(0, n_data, (b, k), device=device)
+        blocked = (bank_labels[neg] == labels[:, None]) | (neg == index[:, None])
+        rows, cols = blocked.nonzero(as_tuple=True)  # later rounds touch only the blocked draws
+        for _ in range(MAX_REDRAWS):
+            if rows.numel() == 0:
+                break
+            new = torch.randint(0, n_data, (rows.numel(),), device=device)
+            neg[rows, cols] = new
+            still = (bank_labels[new] == labels[rows]) | (new == index[rows])
+            rows, cols = rows[still], cols[still]
+    elif mode == "uniform":
         neg = torch.randint(0, n_data - 1, (b, k), device=device)
         neg = neg + (neg >= index[:, None]).long()  # skip the anchor: uniform over the other n_data - 1
     elif mode == "other_class":
@@ -129,7 +150,8 @@ class CRDParams(Settings):
     nce_k: int = hp(16384, ge=1, doc="--nce_k: negatives per sample")
     nce_t: float = hp(0.07, gt=0, doc="--nce_t: temperature of the scores")
     nce_mom: float = hp(0.5, ge=0, lt=1, doc="--nce_m: momentum of the memory update")
-    negatives: CRDNegatives = hp(CRDNegatives.other_class, doc="how negatives are drawn: other_class (RepDistiller CIFAR) or uniform")
+    negatives: CRDNegatives = hp(CRDNegatives.other_class, doc="how negatives are drawn: other_class (RepDistiller CIFAR), "
+                                 "other_class_replace (mdistiller ImageNet: with replacement, O(B*k)) or uniform")
 
 
 # ---- the method -------------------------------------------------------------------------------------------
@@ -210,7 +232,7 @@ class CRD(TeacherDistiller):
 
         device = self.memory_s.device
         g_index, g_labels, mine = self._global_batch(batch.index.to(device), batch.labels.to(device))
-        if p.negatives == "other_class":
+        if p.negatives in ("other_class", "other_class_replace"):
             self.bank_labels[g_index] = g_labels  # before drawing, so same-class samples of this batch are excluded
         # Every rank draws for the whole global batch from the same RNG stream and keeps its rows: the draws
         # equal one process's, and the ranks' RNG states stay identical.

@@ -35,21 +35,28 @@ def _binary_log_probs(log_p: Tensor, mask: Tensor) -> Tensor:
     return torch.stack([target, rest], dim=1)
 
 
-def tckd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> Tensor:
-    """Target-class KD per row, shape [B]: T^2 * KL(b^T || b^S) over the binary (target, non-target) masses."""
+def _column(T: float | Tensor) -> float | Tensor:
+    """A temperature that divides [B, K] logits: a float or 0-dim tensor as it is, one per row as [B, 1]."""
+    return T.reshape(-1, 1) if isinstance(T, Tensor) and T.dim() > 0 else T
+
+
+def tckd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float | Tensor) -> Tensor:
+    """Target-class KD per row, shape [B]: T^2 * KL(b^T || b^S) over the binary (target, non-target) masses.
+    ``T`` is a float, or a tensor (0-dim, or one per row) that may carry gradient (CTKD's learned temperature)."""
     dtype = _loss_dtype(student_logits, teacher_logits)
     mask = _target_mask(student_logits, target)
-    log_b_s = _binary_log_probs(F.log_softmax(student_logits.to(dtype) / T, dim=1), mask)
-    log_b_t = _binary_log_probs(F.log_softmax(teacher_logits.to(dtype) / T, dim=1), mask)
+    log_b_s = _binary_log_probs(F.log_softmax(student_logits.to(dtype) / _column(T), dim=1), mask)
+    log_b_t = _binary_log_probs(F.log_softmax(teacher_logits.to(dtype) / _column(T), dim=1), mask)
     return (log_b_t.exp() * (log_b_t - log_b_s)).sum(dim=1) * (T * T)
 
 
-def nckd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float) -> Tensor:
-    """Non-target-class KD per row, shape [B]: T^2 * KL(p~^T || p~^S) over the classes other than the label."""
+def nckd_per_sample(student_logits: Tensor, teacher_logits: Tensor, target: Tensor, T: float | Tensor) -> Tensor:
+    """Non-target-class KD per row, shape [B]: T^2 * KL(p~^T || p~^S) over the classes other than the label
+    (``T`` as in :func:`tckd_per_sample`)."""
     dtype = _loss_dtype(student_logits, teacher_logits)
     mask = _target_mask(student_logits, target)
-    log_q_s = F.log_softmax((student_logits.to(dtype) / T).masked_fill(mask, float("-inf")), dim=1)
-    log_q_t = F.log_softmax((teacher_logits.to(dtype) / T).masked_fill(mask, float("-inf")), dim=1)
+    log_q_s = F.log_softmax((student_logits.to(dtype) / _column(T)).masked_fill(mask, float("-inf")), dim=1)
+    log_q_t = F.log_softmax((teacher_logits.to(dtype) / _column(T)).masked_fill(mask, float("-inf")), dim=1)
     # At the label both logs are -inf: drop that term (it is 0 * (-inf - -inf)) before multiplying.
     diff = (log_q_t - log_q_s).masked_fill(mask, 0.0)
     return (log_q_t.exp() * diff).sum(dim=1) * (T * T)

@@ -25,7 +25,7 @@ RUN_MARKERS = ("summary.json", "metrics.jsonl")
 _SKIP_DIRS = {"tensorboard", "__pycache__", ".git"}
 # Config entries besides the method's own section that make two runs of one method different experiments. The
 # teacher checkpoint is not one of them (it changes with every column); tables warn when a cell mixes several.
-VARIANT_KEYS = ("train.epochs", "train.schedule")
+VARIANT_KEYS = ("train.epochs", "train.schedule", "train.optimizer")
 
 Problem = Callable[[str], None]
 

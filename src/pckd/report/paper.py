@@ -1,9 +1,10 @@
-"""The published numbers of the PCKD paper (``published/pckd_paper.json``) and the runs measured for each of
-their cells: measured mean ± std (n), published value, difference.
+"""The published numbers of the PCKD paper (``published/pckd_paper.json``) and of the recent baselines' own
+releases (``published/recent_baselines.json``), and the runs measured for each of their cells: measured
+mean ± std (n), published value, difference.
 
 A published cell names what would reproduce it: a method (with, for PCKD, the variant: ``full`` or ``wo_kd``)
-and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (SSKD
-and MLD, which pckd does not implement, and the paper's LSKD, which is not pckd's ``ls``) are published only.
+and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (MLD,
+which pckd does not implement, and the paper's LSKD, which is not pckd's ``ls``) are published only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pckd.report.collect import RunRecord
 from pckd.report.probes import ProbeRecord
 from pckd.report.tables import Measured
 
-PUBLISHED_JSON = "pckd_paper.json"
+PUBLISHED_FILES = ("pckd_paper.json", "recent_baselines.json")
+# Settings every published cell implies unless it names another value: a run trained with DOT is KD+DOT, never the
+# KD of a table (and runs written before ``train.optimizer`` existed trained with SGD).
+IMPLIED = {"train.optimizer": "sgd"}
 # The PCKD recipe of Tables I/II; a pckd run without one of these terms is an ablation (Tables V-IX).
 _PCKD_TERMS = ("pckd.ccc_weight", "pckd.fa_weight", "pckd.ca_weight")
 
@@ -36,6 +40,17 @@ class PaperCell:
     published: float | None  # None: NA in the paper
     variant: str | None = None  # pckd: "full" or "wo_kd"
     target: str | None = None  # Table IV: the transfer data set
+    settings: tuple[tuple[str, Any], ...] = ()  # (config key, value) a run must have, e.g. train.optimizer: dot
+
+    def settings_match(self, run: RunRecord) -> bool:
+        """Whether ``run``'s config holds every value of :attr:`settings` (a key it does not record takes its
+        value from ``IMPLIED``: run folders older than the key)."""
+        recorded = dict(run.variant)
+        for key, value in self.settings:
+            got = json.loads(recorded.get(key, "null"))
+            if (IMPLIED.get(key) if got is None else got) != value:
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -53,6 +68,16 @@ class PaperTable:
     method_axis: str  # "rows" | "columns"
     cells: dict[tuple[str, str], PaperCell]
     notes: dict[str, str]  # method label -> why it has no measured value
+    ref: str = ""  # how the heading names the table; default "Table <table> of arXiv <arxiv>"
+    source: str = ""  # where the numbers come from; default "<paper>, Table <table>, arXiv <arxiv>"
+
+    @property
+    def heading(self) -> str:
+        return self.ref or f"Table {self.table} of arXiv {self.arxiv}"
+
+    @property
+    def source_text(self) -> str:
+        return self.source or f"{self.paper}, Table {self.table}, arXiv {self.arxiv}"
 
     @property
     def method_labels(self) -> tuple[str, ...]:
@@ -75,19 +100,21 @@ def _table(data: dict[str, Any]) -> PaperTable:
             cells[(row["label"], column["label"])] = PaperCell(
                 row=row["label"], column=column["label"], method=info.get("method"), teacher=info.get("teacher"),
                 student=info.get("student"), metric=info["metric"], published=value, variant=info.get("variant"),
-                target=info.get("target"))
+                target=info.get("target"), settings=tuple(sorted({**IMPLIED, **(row.get("settings") or {})}.items())))
     methods = rows if method_axis == "rows" else columns
     return PaperTable(
         paper=data["paper"], arxiv=data["arxiv"], table=data["table"], title=data["title"],
         datasets=tuple(data["datasets"]), rows=tuple(r["label"] for r in rows),
         columns=tuple(c["label"] for c in columns), method_axis=method_axis, cells=cells,
-        notes={m["label"]: m["note"] for m in methods if "note" in m})
+        notes={m["label"]: m["note"] for m in methods if "note" in m}, ref=data.get("ref", ""),
+        source=data.get("source", ""))
 
 
 def load_published() -> list[PaperTable]:
-    """The paper's Tables I-IV as shipped inside the package."""
-    text = resources.files("pckd.report").joinpath("published").joinpath(PUBLISHED_JSON).read_text(encoding="utf-8")
-    return [_table(t) for t in json.loads(text)["tables"]]
+    """The published tables shipped inside the package: the PCKD paper's Tables I-IV, then the recent baselines'."""
+    folder = resources.files("pckd.report").joinpath("published")
+    return [_table(t) for name in PUBLISHED_FILES
+            for t in json.loads(folder.joinpath(name).read_text(encoding="utf-8"))["tables"]]
 
 
 def pckd_variant(run: RunRecord) -> str | None:
@@ -117,7 +144,7 @@ def _run_value(cell: PaperCell, run: RunRecord, metric: str) -> float | None:
         wanted = (run.method, run.teacher, run.student) == ("ce", None, cell.student)
     else:
         wanted = ((run.method, run.teacher, run.student) == (cell.method, cell.teacher, cell.student)
-                  and (cell.variant is None or pckd_variant(run) == cell.variant))
+                  and (cell.variant is None or pckd_variant(run) == cell.variant) and cell.settings_match(run))
     if not wanted:
         return None
     return run.top1(metric) if cell.metric == "top1" else run.last_top5
@@ -194,6 +221,16 @@ class TableComparison:
         return any(self.comparison(m, other_label).n for m in self.table.method_labels)
 
 
+def _main_epochs(run: RunRecord) -> int | None:
+    """The planned epochs of the run's main stage: ``train.epochs`` less a two-stage method's first stage
+    (``<method>.init_epochs``: RepDistiller's init epochs of AB/FT/FSP, SSKD's teacher stage), which the paper's
+    240 epochs do not count."""
+    if run.epochs_planned is None:
+        return None
+    init = dict(run.variant).get(f"{run.method}.init_epochs")
+    return run.epochs_planned - (int(json.loads(init)) if init is not None else 0)
+
+
 def compare_table(table: PaperTable, runs: list[RunRecord], probes: list[ProbeRecord],
                   metric: str) -> TableComparison:
     """Every cell of ``table`` with the runs (of its data sets) and probes that measure it."""
@@ -217,7 +254,7 @@ def compare_table(table: PaperTable, runs: list[RunRecord], probes: list[ProbeRe
     sliced = sorted({run.dataset for run in used if run.dataset != _base_dataset(run.dataset)})
     if sliced:
         notes.append(f"measured on a subset of the data ({'; '.join(sliced)}): not comparable with the paper")
-    epochs = sorted({run.epochs_planned for run in used if run.epochs_planned is not None})
+    epochs = sorted({e for e in map(_main_epochs, used) if e is not None})
     if len(epochs) > 1 or (epochs and table.datasets[0] == "cifar100" and epochs != [240]):
         notes.append(f"runs planned for {', '.join(map(str, epochs))} epoch(s); the paper's CIFAR runs train 240")
     for comparison in cells.values():

@@ -43,10 +43,10 @@ def render_paper_markdown(comparison: TableComparison) -> str:
     table = comparison.table
     shown = _shown(comparison)
     metric = ("best test top-1 over the epochs" if comparison.metric == "best" else "test top-1 after the last epoch")
-    lines = [f"## Beside the paper: Table {table.table} of arXiv {table.arxiv}", "",
+    lines = [f"## Beside the paper: {table.heading}", "",
              f"{table.title}. measured: mean ± sample std over the runs (n) of the {metric}; paper: the "
              f"published value (NA where the paper has none); Δ: measured − paper; –: no run. "
-             f"Source: {table.paper}, Table {table.table}, arXiv {table.arxiv}.", ""]
+             f"Source: {table.source_text}.", ""]
     header = ["Method"]
     for other in shown:
         header += [other, "paper", "Δ"]
