@@ -103,6 +103,7 @@ class Trainer:
                 self.distiller, device_ids=ids, find_unused_parameters=self.distiller.has_unused_parameters)
         if cfg.train.compile:
             compile_student(self.distiller.student)
+        self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
         try:
             self.logger = RunLogger(self.run_dir, enabled=dist.is_main_process())
         except WriteFailed as exc:
@@ -113,7 +114,6 @@ class Trainer:
         self.best_top1, self.best_epoch = -1.0, 0
         self.teacher_eval: dict[str, float] | None = None
         self.wall_time = 0.0
-        self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
         # float16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == Precision.fp16 else None
 
