@@ -177,3 +177,28 @@ def test_temporary_files_of_a_killed_process_are_removed_at_the_next_start(tmp_p
     assert main(["train", str(run / "config.yaml"), "train.epochs=2", "resume=true"]) == 0
     left = _temps(run)
     assert left == sorted(kept), left
+
+
+def test_disk_full_in_a_real_pckd_process(tmp_path: Path) -> None:
+    """The same failure in a separate `pckd` process: its real exit status and stderr (one line, no traceback)."""
+    run = tmp_path / "run"
+    code = (
+        "import errno, os, sys\n"
+        "from pathlib import Path\n"
+        "real = os.fsync\n"
+        "def fsync(fd):\n"
+        "    if Path(os.readlink(f'/proc/self/fd/{fd}')).name.startswith('.env.json.tmp'):\n"
+        "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+        "    real(fd)\n"
+        "os.fsync = fsync\n"
+        "from pckd.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "train", str(_config(tmp_path)), f"output_dir={run}", *TINY,
+                           "train.epochs=1"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"pckd: error: could not write '{run / 'env.json'}' (No space left on device); no temporary file was left. "
+        "Free space, then run the same command again (no checkpoint was written yet)"], done.stderr
+    assert _temps(run) == [] and not (run / "env.json").exists()
