@@ -43,7 +43,8 @@ PAIRS = {"resnet32x4-resnet8x4": ("resnet32x4", "resnet8x4"), "wrn_40_2-wrn_16_2
 METHODS = ("ce", "kd", "pckd", "ckd", "dkd", "crd", "reviewkd")
 REFERENCE_METHODS = ("ce", "kd", "pckd")
 MODES = ("fp32", "bf16", "bf16+cl")
-CUDA_TESTS = ["tests/engine/test_precision_flags.py", "tests/data/test_loader.py", "tests/data/test_augment.py"]
+CUDA_TESTS = ["tests/engine/test_precision_flags.py", "tests/data/test_loader.py", "tests/data/test_augment.py",
+              "tests/data/test_randaugment.py"]
 MEAN, STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
 

@@ -75,6 +75,28 @@ class RotatedCIFAR(Dataset):
         return torch.stack(copies), int(self.labels[i]), i
 
 
+class WeakStrongCIFAR(Dataset):
+    """MLD's released training set: a weak (crop + flip) and a strong (crop + flip, RandAugment 2 ops, Cutout)
+    view per sample, each through PIL (``MultipleApply`` of ``mdistiller/dataset/cifar100.py``)."""
+
+    def __init__(self, images_hwc: np.ndarray, labels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]):
+        import torchvision.transforms as T
+
+        from pckd.data.randaugment_pil import RandAugmentCutout
+
+        self.images, self.labels = images_hwc, labels
+        self.weak = _transforms(mean, std, flip=True)
+        self.strong = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), RandAugmentCutout(),
+                                 T.ToTensor(), T.Normalize(mean, std)])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        img = Image.fromarray(self.images[i])
+        return torch.stack([self.weak(img), self.strong(img)]), int(self.labels[i]), i
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int, seed: int = 0) -> DataLoader:
     """Shuffled batches from ``workers`` worker processes (persistent, as a training run keeps them)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=False,

@@ -29,7 +29,7 @@ a trivial loss, teacher forward without autograd): ``step - bare`` is the loss-s
 heads, losses, optimizer); and the teacher forward under ``no_grad`` against ``inference_mode`` (+ the clones
 that make its outputs usable in the student's graph).
 
-The augmentation benchmark times ``BatchAugment.standard`` / ``rotated_views`` on uint8 batches against the
+The augmentation benchmark times ``BatchAugment.standard`` / ``rotated_views`` / ``standard + strong`` (MLD) on uint8 batches against the
 per-sample pipelines (in one process, and through a DataLoader with ``--ref-workers`` workers).
 
 Defaults are small so the whole run takes minutes on 2 CPU cores; scale with --steps. Measurement script, not
@@ -269,7 +269,7 @@ def run_memory(spec: dict[str, Any]) -> dict[str, Any]:
 
 # ---- augmentation throughput (runs in a subprocess) ------------------------------------------------------
 def run_augmentation(spec: dict[str, Any]) -> dict[str, Any]:
-    from reference_step import RotatedCIFAR, StandardCIFAR, make_loader
+    from reference_step import RotatedCIFAR, StandardCIFAR, WeakStrongCIFAR, make_loader
 
     from pckd.data.augment import BatchAugment
 
@@ -279,15 +279,18 @@ def run_augmentation(spec: dict[str, Any]) -> dict[str, Any]:
     aug = BatchAugment(MEAN, STD)
     hwc, lab = images.permute(0, 2, 3, 1).contiguous().numpy(), labels.numpy()
     out: dict[str, Any] = {"data": source}
-    for name, views in (("standard", 1), ("rotated x4", 4)):
+    fns = {"standard": aug.standard, "rotated x4": lambda x: aug.rotated_views(x, 4),
+           "weak + strong (MLD)": lambda x: (aug.standard(x), aug.strong(x))}
+    sets = {"standard": StandardCIFAR, "rotated x4": RotatedCIFAR, "weak + strong (MLD)": WeakStrongCIFAR}
+    for name, views in (("standard", 1), ("rotated x4", 4), ("weak + strong (MLD)", 2)):
         batches = [images[i * b:(i + 1) * b] for i in range(iters)]
-        fn = aug.standard if views == 1 else (lambda x: aug.rotated_views(x, 4))
+        fn = fns[name]
         fn(batches[0])
         t0 = time.perf_counter()
         for x in batches:
             fn(x)
         batch_rate = iters * b / (time.perf_counter() - t0)
-        dataset = StandardCIFAR(hwc, lab, MEAN, STD) if views == 1 else RotatedCIFAR(hwc, lab, MEAN, STD)
+        dataset = sets[name](hwc, lab, MEAN, STD)
         n = min(iters * b, 2048) // views
         t0 = time.perf_counter()
         for i in range(n):
@@ -385,12 +388,15 @@ def render(table: dict[tuple[str, str, str], dict[str, float]], aug: dict[str, A
         lines += ["", "| augmentation | batch (img/s) | per-sample, 1 process (img/s) | DataLoader, "
                       f"{args.ref_workers} workers (img/s) | batch / per-sample | batch / DataLoader |",
                   "|---|---|---|---|---|---|"]
-        for name in ("standard", "rotated x4"):
+        for name in ("standard", "rotated x4", "weak + strong (MLD)"):
+            if name not in aug:
+                continue
             a = aug[name]
             lines.append(f"| {name} | {a['batch_img_s']:.0f} | {a['per_sample_img_s']:.0f} | "
                          f"{a['dataloader_img_s']:.0f} | {a['batch_img_s'] / a['per_sample_img_s']:.1f}x | "
                          f"{a['batch_img_s'] / a['dataloader_img_s']:.1f}x |")
-        lines.append(f"(augmentation data: {aug['data']}; rotated x4 counts source images, 4 views each)")
+        lines.append(f"(augmentation data: {aug['data']}; rotated x4 counts source images, 4 views each; weak + "
+                     "strong counts source images, 2 views each, the strong one RandAugment + Cutout)")
     return "\n".join(lines)
 
 

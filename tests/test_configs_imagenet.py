@@ -45,10 +45,10 @@ def test_every_table3_method_has_an_imagenet_config():
     # Table III: KD, AT, CRD, SSKD, ReviewKD, DKD, MLD, PCKD (and CKD, a seed of this project)
     have = {p.parent.name for p in CONFIGS.glob("*/resnet34-resnet18.yaml")} | {
         p.parent.parent.name for p in CONFIGS.glob("*/*/resnet34-resnet18.yaml")}
-    assert {"kd", "at", "crd", "reviewkd", "dkd", "pckd", "ckd"} <= have
+    assert {"kd", "at", "crd", "reviewkd", "dkd", "mld", "pckd", "ckd"} <= have
 
 
-@pytest.mark.parametrize("method", ["at", "crd", "reviewkd", "dkd"])
+@pytest.mark.parametrize("method", ["at", "crd", "reviewkd", "dkd", "mld"])
 def test_table3_methods_build_and_step_on_the_torchvision_pair(method):
     cfg = load_config(CONFIGS / method / "resnet34-resnet18.yaml")
     params = {k: v for k, v in vars(getattr(cfg, method)).items() if k != "weighting"}
@@ -58,7 +58,9 @@ def test_table3_methods_build_and_step_on_the_torchvision_pair(method):
     teacher, student = create_model("torchvision.resnet34", 1000), create_model("torchvision.resnet18", 1000)
     distiller = build_distiller(method, student, teacher, num_classes=1000, train_size=128, input_size=224, **params)
     distiller.train()
-    batch = batch_from_tensors(torch.randn(2, 3, 224, 224), torch.tensor([3, 7]), index=torch.tensor([5, 9]))
+    strong = torch.randn(2, 3, 224, 224) if method == "mld" else None  # MLD: the workers' strong view
+    batch = batch_from_tensors(torch.randn(2, 3, 224, 224), torch.tensor([3, 7]), index=torch.tensor([5, 9]),
+                               strong=strong)
     out = distiller.forward_train(batch, 1)
     assert torch.isfinite(out.total) and "ce" in out.losses and len(out.losses) >= 2
     out.total.backward()

@@ -89,7 +89,7 @@ def all_configs() -> dict[str, dict[str, Any]]:
 METHOD_MODULES = ["configs_pckd", "configs_ckd", "configs_intra_class", "configs_imagenet", "configs_logit_baselines",
                   "configs_crd_ickd", "configs_reviewkd", "configs_relation_baselines",
                   "configs_feature_baselines", "configs_init_baselines", "configs_examples", "configs_transfer",
-                  "configs_recent_logit", "configs_imagenet_baselines", "configs_sskd"]
+                  "configs_recent_logit", "configs_imagenet_baselines", "configs_sskd", "configs_mld"]
 
 
 def _extra_configs() -> dict[str, dict[str, Any]]:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from pckd.config import load_config, method_params
-from pckd.data.augment import NORMALIZATION, BatchAugment, PreAugmented
+from pckd.data.augment import NORMALIZATION, BatchAugment, PreAugmented, PreAugmentedPair
 from pckd.data.batch import Batch
 from pckd.data.info import DataInfo
 from pckd.errors import UserError
@@ -60,16 +60,23 @@ def _classes_of(model: nn.Module) -> int:
     return int(layer.out_features)
 
 
-def batch_from_tensors(images: Tensor, labels: Tensor, index: Tensor | None = None) -> Batch:
+def batch_from_tensors(images: Tensor, labels: Tensor, index: Tensor | None = None,
+                       strong: Tensor | None = None) -> Batch:
     """A training batch from float images a DataLoader already augmented and normalised (e.g. torchvision
     transforms): the standard view is the images as they are; PCKD's rotated views rotate them. ``index`` are
-    the samples' dataset indices (needed by memory banks and per-sample records; default 0..B-1)."""
+    the samples' dataset indices (needed by memory banks and per-sample records; default 0..B-1). ``strong``:
+    MLD's strong view of the same images, made by the caller's loader (same shape as ``images``)."""
     if not torch.is_floating_point(images) or images.dim() != 4:
         raise UserError(f"images must be a float tensor [B, C, H, W], got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise UserError(f"labels must have shape [{images.shape[0]}], got {tuple(labels.shape)}")
+    if strong is not None and strong.shape != images.shape:
+        raise UserError(f"strong must have the shape of images {tuple(images.shape)}, got {tuple(strong.shape)}")
     if index is None:
         index = torch.arange(images.shape[0], device=labels.device)
+    if strong is not None:
+        return Batch(images=torch.stack([images, strong], dim=1), labels=labels.long(), index=index,
+                     augment=PreAugmentedPair())
     return Batch(images=images, labels=labels.long(), index=index, augment=PreAugmented())
 
 

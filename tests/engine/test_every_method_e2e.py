@@ -22,7 +22,7 @@ from pckd.methods.base import method_registry
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "cifar100"
 TEACHER_METHODS = sorted(name for name, spec in method_registry().items() if spec.cls.needs_teacher)
 # Methods whose configs are not the 13 standard pairs (they have their own layouts and tests).
-OWN_LAYOUT = {"ckd", "intra_class", "pckd", "kd"}
+OWN_LAYOUT = {"ckd", "intra_class", "pckd", "kd", "mld"}  # mld: tests/test_configs_mld.py
 # Tables I and II of the PCKD paper, written out here independently of tools/make_configs.py.
 PAPER_PAIRS = [("wrn_40_2", "wrn_16_2"), ("wrn_40_2", "wrn_40_1"), ("resnet56", "resnet20"), ("resnet110", "resnet20"),
                ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"), ("vgg13", "vgg8"), ("vgg13", "MobileNetV2"),

@@ -34,6 +34,8 @@ CASES: list[tuple[str, str, list[str]]] = [
     ("intra_class", "intra_class", []),
     ("dkd", "dkd", ["dkd.warmup=4"]),
     ("ls", "ls", []),
+    ("mld", "mld", []),
+    ("mld-corrected", "mld", ["mld.corrected=true", "mld.logit_standardize=true"]),
     ("dist", "dist", []),
     ("nkd", "nkd", []),
     ("wttm", "wttm", []),

@@ -151,6 +151,14 @@ def test_report_shows_measured_paper_and_difference(cifar_runs: Path, tmp_path: 
     assert lines[("I", "MLD", "VGG13→VGG8")]["n"] == "0"
 
 
+def test_mld_runs_fill_the_papers_mld_row(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    make_run(root, "mld", "mld", RESNET, "resnet8x4", 1, [76.5, 77.0], teacher_top1=79.5)
+    text = write_report([root], tmp_path / "out", plots=False).read_text()
+    _, rows = _markdown_rows(text, "## Beside the paper: Table I")
+    assert rows["MLD"] == ["77.00 (n=1)", "77.08", "-0.08"]  # MLD's published ResNet32x4→ResNet8x4: 77.08
+
+
 def test_last_metric_and_no_published(cifar_runs: Path, tmp_path: Path) -> None:
     text = write_report([cifar_runs], tmp_path / "last", metric="last", plots=False).read_text()
     _, rows = _markdown_rows(text, "## Beside the paper: Table I")
@@ -182,7 +190,7 @@ def test_imagenet_table_top1_and_top5(tmp_path: Path) -> None:
     # make_run's summary records last_top5 = 90.0
     assert rows["KD"] == ["71.00 (n=1)", "70.66", "+0.34", "90.00 (n=1)", "89.88", "+0.12"]
     assert rows["Teacher"][:3] == ["73.30 (n=1)", "73.31", "-0.01"]
-    assert rows["MLD †"] == ["–", "71.90", "–", "–", "90.55", "–"]
+    assert rows["MLD"] == ["–", "71.90", "–", "–", "90.55", "–"]  # reproducible (method mld), no run here
     assert "## Beside the paper: Table I\n" not in text
 
 

@@ -128,9 +128,10 @@ def test_table1_spec_covers_the_rows_and_columns_it_documents(monkeypatch: pytes
     assert pairs == {"wrn_40_2-wrn_16_2", "wrn_40_2-wrn_40_1", "resnet56-resnet20", "resnet110-resnet20",
                      "resnet110-resnet32", "resnet32x4-resnet8x4", "vgg13-vgg8"}
     methods = {str(Path(c).parent.relative_to("configs/cifar100")) for c in plan.configs}
-    assert len(methods) == 19 and {"kd", "pckd", "pckd/wo_kd", "fsp", "crd", "dkd", "sskd/e240_step"} <= methods
+    assert len(methods) == 20 and {"kd", "pckd", "pckd/wo_kd", "fsp", "crd", "dkd", "sskd/e240_step",
+                                   "mld/e240_step"} <= methods
     assert not {"ls", "lskd"} & methods  # the paper's LSKD has no public code: never filled by another method
-    assert len(plan.configs) == 19 * 7 - 1  # FSP has no wrn_40_2 -> wrn_40_1 config (NA in the paper)
+    assert len(plan.configs) == 20 * 7 - 1  # FSP has no wrn_40_2 -> wrn_40_1 config (NA in the paper)
     assert {r.seed for r in plan.runs} == {0, 1, 2}
 
 

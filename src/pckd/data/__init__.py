@@ -140,10 +140,11 @@ def _positions(cfg: DataConfig, targets: list[int], n_available: int, train: boo
     return positions.tolist()
 
 
-def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device) -> DataBundle:
+def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
+                 strong_view: bool) -> DataBundle:
     from pckd.data.imagefolder import ImageFolderLoader, TolerantImageFolder, open_split
 
-    train_set = open_split(cfg.root, "train", cfg.image_size, str(cfg.transforms))
+    train_set = open_split(cfg.root, "train", cfg.image_size, str(cfg.transforms), strong_view=strong_view)
     test_set = open_split(cfg.root, "val", cfg.image_size, str(cfg.transforms))
     if test_set.classes != train_set.classes:
         raise UserError(
@@ -159,7 +160,7 @@ def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: i
     workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
     def loader(dataset: TolerantImageFolder, size: int, shuffle: bool) -> ImageFolderLoader:
         return ImageFolderLoader(dataset, size, shuffle=shuffle, seed=seed, num_workers=workers,
-                                 skip_corrupt=cfg.skip_corrupt, device=device)
+                                 skip_corrupt=cfg.skip_corrupt, device=device, strong_view=strong_view and shuffle)
 
     train_loader = loader(train_set, batch_size, True)
     return DataBundle(
@@ -175,14 +176,17 @@ def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: i
 
 
 def build_data(
-    data_cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device
+    data_cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: int, device: torch.device,
+    strong_view: bool = False,
 ) -> DataBundle:
     """Load the dataset ``data_cfg.name`` and wrap it in training and evaluation loaders.
 
     ``batch_size`` and ``eval_batch_size`` are global (split across ranks); ``seed`` fixes the per-epoch
     training order. Applies data.classes, data.train_limit, data.test_limit and checks data.num_classes.
+    ``strong_view``: the training loader of an ImageFolder also makes MLD's strong view in its workers (in-memory
+    data makes it on the device whenever a method asks, so the flag changes nothing there).
     """
     device = torch.device(device)
     if data_cfg.name == "imagefolder":
-        return _imagefolder(data_cfg, batch_size, eval_batch_size, seed, device)
+        return _imagefolder(data_cfg, batch_size, eval_batch_size, seed, device, strong_view)
     return _in_memory(data_cfg, batch_size, eval_batch_size, seed, device)

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pckd.data.randaugment import draw_params, randaugment_cutout
+
 # Per-channel mean/std of the images scaled to [0, 1].
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
@@ -189,6 +191,16 @@ class BatchAugment:
         flip, top, left = self._draw(images.shape[0], n_rotations, images.device)
         return self.normalize(rotated_crops(images, flip, top, left, n_rotations, self.crop_padding))
 
+    def strong(self, images: Tensor) -> Tensor:
+        """MLD's strong view: its own crop + flip, then the released RandAugment (2 ops) and Cutout, each image
+        with its own draws (:mod:`pckd.data.randaugment`), then normalisation. [B,3,H,W]."""
+        n, _, h, w = images.shape
+        flip, top, left = self._draw(n, 1, images.device)
+        x = crop_flip(images, top, left, flip, self.crop_padding)
+        offset, total = self.shard if self.shard is not None else (0, n)
+        params = draw_params(total, h, w, images.device).rows(offset, offset + n)  # a shard keeps its rows
+        return self.normalize(randaugment_cutout(x, params))
+
     def evaluate(self, images: Tensor) -> Tensor:
         """Normalisation only. [B,3,H,W]."""
         return self.normalize(images)
@@ -208,5 +220,32 @@ class PreAugmented:
     def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:
         return rotate_copies(images, n_rotations)
 
+    def strong(self, images: Tensor) -> Tensor:
+        raise RuntimeError("this batch carries no strong view (MLD's): ImageFolder loaders make it when built with "
+                           "strong_view=True (the trainer does so for methods that set it); pckd.api."
+                           "batch_from_tensors takes it as strong=...")
+
     def evaluate(self, images: Tensor) -> Tensor:
         return images
+
+
+class PreAugmentedPair(PreAugmented):
+    """The Augmenter of worker-fed training batches that carry two views per image, stacked on dim 1
+    ([B,2,3,H,W]: the weak crop + flip view, then MLD's strong view, both made by the workers).
+
+    standard gives the weak view, strong the strong one; 4-D batches (the test split) pass unchanged.
+    """
+
+    def standard(self, images: Tensor) -> Tensor:
+        return images[:, 0] if images.dim() == 5 else images
+
+    def strong(self, images: Tensor) -> Tensor:
+        if images.dim() != 5:
+            raise RuntimeError("strong view asked of a batch without one (a test batch?)")
+        return images[:, 1]
+
+    def rotated_views(self, images: Tensor, n_rotations: int = 4) -> Tensor:
+        return rotate_copies(self.standard(images), n_rotations)
+
+    def evaluate(self, images: Tensor) -> Tensor:
+        return self.standard(images)

@@ -25,6 +25,11 @@ class Augmenter(Protocol):
         Returns [n*B,3,H,W]."""
         ...
 
+    def strong(self, images: Tensor) -> Tensor:
+        """MLD's strong view: an independent crop + flip, the released RandAugment (2 of 14 ops, random
+        magnitudes) and Cutout, drawn per image, normalised. [B,3,H,W]."""
+        ...
+
     def evaluate(self, images: Tensor) -> Tensor:
         """Test-time view: normalisation only. [B,3,H,W]."""
         ...

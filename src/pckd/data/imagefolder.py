@@ -31,7 +31,7 @@ from torchvision import datasets, transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from pckd import distributed
-from pckd.data.augment import NORMALIZATION, PreAugmented
+from pckd.data.augment import NORMALIZATION, PreAugmented, PreAugmentedPair
 from pckd.data.batch import Batch
 from pckd.data.loader import (
     epoch_permutation,
@@ -39,6 +39,7 @@ from pckd.data.loader import (
     local_batch_size,
     train_batches,
 )
+from pckd.data.randaugment_pil import RandAugmentCutout
 from pckd.errors import PckdWarning, UserError
 
 # What PIL raises for files it cannot decode (SyntaxError for some malformed headers).
@@ -55,16 +56,30 @@ def resolve_preset(preset: str, image_size: int) -> str:
     return preset
 
 
-def train_transform(image_size: int, preset: str = "imagenet") -> Callable:
-    """Training view: ImageNet-style RandomResizedCrop + flip, or CIFAR-style resize + padded crop + flip."""
+def train_transform(image_size: int, preset: str = "imagenet", strong: bool = False) -> Callable:
+    """Training view: ImageNet-style RandomResizedCrop + flip, or CIFAR-style resize + padded crop + flip.
+    ``strong``: MLD's strong view, the released RandAugment + Cutout after the crop and flip."""
     mean, std = NORMALIZATION["imagenet"]
     if resolve_preset(preset, image_size) == "cifar":
         crop = [transforms.Resize(image_size), transforms.CenterCrop(image_size),
                 transforms.RandomCrop(image_size, padding=4)]
     else:
         crop = [transforms.RandomResizedCrop(image_size)]
-    return transforms.Compose([*crop, transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+    extra = [RandAugmentCutout()] if strong else []
+    return transforms.Compose([*crop, transforms.RandomHorizontalFlip(), *extra, transforms.ToTensor(),
                                transforms.Normalize(mean, std)])
+
+
+class WeakStrong:
+    """Both views of one image, each with its own crop and flip (the released ``MultipleApply([weak,
+    strong])``), stacked: [2,3,H,W]."""
+
+    def __init__(self, image_size: int, preset: str) -> None:
+        self.weak = train_transform(image_size, preset)
+        self.strong = train_transform(image_size, preset, strong=True)
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return torch.stack([self.weak(image), self.strong(image)])
 
 
 def eval_transform(image_size: int, preset: str = "imagenet") -> Callable:
@@ -222,11 +237,17 @@ def check_root(root: str | Path) -> None:
             )
 
 
-def open_split(root: str | Path, split: str, image_size: int, preset: str = "imagenet") -> TolerantImageFolder:
-    """Scan ``root/split`` (``train`` or ``val``) with the matching transform of ``preset``."""
+def open_split(root: str | Path, split: str, image_size: int, preset: str = "imagenet",
+               strong_view: bool = False) -> TolerantImageFolder:
+    """Scan ``root/split`` (``train`` or ``val``) with the matching transform of ``preset``; with
+    ``strong_view`` the training items are MLD's two views (:class:`WeakStrong`)."""
     check_root(root)
     folder = Path(root).expanduser() / split
-    transform = train_transform(image_size, preset) if split == "train" else eval_transform(image_size, preset)
+    transform: Callable
+    if split != "train":
+        transform = eval_transform(image_size, preset)
+    else:
+        transform = WeakStrong(image_size, preset) if strong_view else train_transform(image_size, preset)
     try:
         return TolerantImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as exc:
@@ -304,11 +325,13 @@ class ImageFolderLoader:
         drop_last: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
+        strong_view: bool = False,
     ) -> None:
         self.dataset = dataset
         self.device = torch.device(device)
         self.skip_corrupt = skip_corrupt
-        self.augment = PreAugmented()
+        # two views per item ([B,2,3,H,W]) when the workers also make MLD's strong view
+        self.augment: PreAugmented = PreAugmentedPair() if strong_view else PreAugmented()
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
         if shuffle:

@@ -215,8 +215,9 @@ def build(cfg: Any) -> Built:
             f"use a multiple of {dist.world_size()}"
         )
     check_first_stage(cfg)
-    data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device)
     spec = method_registry()[cfg.method]
+    data = build_data(cfg.data, cfg.train.batch_size, cfg.train.eval_batch_size, cfg.train.seed, device,
+                      strong_view=spec.cls.strong_view)
     student = build_network(cfg.student, "student", data.num_classes, data.input_size)
     teacher = None
     if spec.cls.uses_teacher(method_params(cfg)):

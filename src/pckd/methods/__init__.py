@@ -17,6 +17,7 @@ from pckd.methods import (  # noqa: F401  (registration)
     intra_class,
     kd,
     ls,
+    mld,
     nkd,
     nst,
     pckd,

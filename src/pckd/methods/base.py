@@ -75,6 +75,9 @@ class Distiller(nn.Module):
     # Whether some trainable parameters get no gradient in some steps (heads of one stage of a two-stage method):
     # DDP then needs find_unused_parameters, which costs an extra pass over the graph every step.
     has_unused_parameters: ClassVar[bool] = False
+    # Whether the method draws MLD's strong view (``batch.augment.strong``): worker-fed data (ImageFolder) must
+    # then make it in the workers, so the data layer is told before it builds the loaders.
+    strong_view: ClassVar[bool] = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: Any, data: DataInfo) -> None:
         super().__init__()

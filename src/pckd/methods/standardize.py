@@ -1,5 +1,5 @@
 """Logit standardisation (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024): the one
-per-sample z-score shared by `ls` and by the ``logit_standardize`` switch of `kd`, `dkd` and `ckd`.
+per-sample z-score shared by `ls` and by the ``logit_standardize`` switch of `kd`, `dkd`, `ckd` and `mld`.
 
     Z(z) = (z - mean(z)) / (std(z) + 1e-7)     mean and std over the K classes of one row,
                                                std unbiased (divides by K - 1), as torch.std by default

@@ -3,8 +3,8 @@ releases (``published/recent_baselines.json``), and the runs measured for each o
 mean ± std (n), published value, difference.
 
 A published cell names what would reproduce it: a method (with, for PCKD, the variant: ``full`` or ``wo_kd``)
-and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (MLD,
-which pckd does not implement, and the paper's LSKD, which is not pckd's ``ls``) are published only.
+and a teacher -> student pair, a metric, and for Table IV the transfer target. Paper rows naming no method (the
+paper's LSKD, which is not pckd's ``ls``) are published only.
 """
 
 from __future__ import annotations
