@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -332,6 +333,36 @@ def _run(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) ->
     except KeyboardInterrupt:
         _say("pckd: aborted")
         return 130
+    except BrokenPipeError:
+        raise  # main() handles a reader that left
+    except OSError as exc:
+        if exc.errno not in _PATH_ERRORS or os.environ.get("PCKD_DEBUG") == "1":
+            return _crashed(exc)
+        name = exc.filename if isinstance(exc.filename, str) else str(exc.filename or "")
+        shown = name if len(name) <= 120 else f"{name[:60]}...{name[-40:]}"
+        _say(f"pckd: error: path '{shown}' {_PATH_ERRORS[exc.errno]}; use a shorter or simpler path")
+        return 2
+    except Exception as exc:
+        return _crashed(exc)
+
+
+# Path errors that only a path the user gave can cause: one line and exit 2, like any bad input.
+_PATH_ERRORS = {errno.ENAMETOOLONG: "is longer than the filesystem allows (names up to 255 bytes, paths up to 4096)",
+                errno.ELOOP: "runs through a loop of symbolic links"}
+
+
+def _crashed(exc: BaseException) -> int:
+    """An exception pckd did not expect: one line naming it and where its traceback was written, exit 1
+    (``PCKD_DEBUG=1`` re-raises it with the full traceback instead)."""
+    if os.environ.get("PCKD_DEBUG") == "1":
+        raise exc
+    from pckd.crash import describe, write_crash_log
+
+    path = write_crash_log(exc)
+    where = f"please report it with {path}" if path else "the traceback could not be written anywhere; rerun with " \
+                                                         "PCKD_DEBUG=1 to see it"
+    _say(f"pckd: error: {describe(exc)} (unexpected; {where})")
+    return 1
 
 
 def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -5,13 +5,14 @@ Every run is an ordinary `pckd train` run (configs built in code), so the demo e
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from pckd.config import load_config
 from pckd.engine.trainer import train
-from pckd.errors import TrainingStopped
+from pckd.errors import TrainingStopped, UserError
 
 TEACHER_ARCH = "resnet14"
 STUDENT_ARCH = "resnet8"
@@ -47,7 +48,6 @@ SHORT_STAGES: dict[str, dict[str, Any]] = {
 def demo_methods(requested: list[str] | None) -> list[str]:
     """The student methods to run: the default four, ``["all"]`` for every registered method that trains a
     student, or an explicit list (checked against the registry)."""
-    from pckd.errors import UserError
     from pckd.methods.base import method_registry
 
     students = ["ce"] + sorted(n for n, spec in method_registry().items() if spec.cls.needs_teacher)
@@ -77,6 +77,9 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs_scale: float = 1.0,
              methods: list[str] | None = None) -> list[dict[str, Any]]:
     """Train the teacher, then one student per method; print a Markdown table and return the summaries."""
     students = demo_methods(methods)  # checked before anything trains
+    if not (math.isfinite(epochs_scale) and 0 < epochs_scale <= 1000):
+        raise UserError(f"pckd demo --scale {epochs_scale}: must be a number in (0, 1000], e.g. --scale 0.2 for a "
+                        f"smoke run")
     root = Path(output_dir)
     scale = lambda n: max(1, round(n * epochs_scale))  # noqa: E731
     start = time.perf_counter()

@@ -9,13 +9,17 @@ Folders written before the manifest existed fall back to the names pckd has ever
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
+
+from pckd.errors import WriteFailed
 
 CONFIG = "config.yaml"
 ENV = "env.json"
@@ -35,6 +39,61 @@ CHECKPOINTS = (LAST, PREVIOUS)
 RESULTS = (BEST, SUMMARY)
 # Names earlier versions wrote that no current code writes (removed with the run they belong to).
 LEGACY_FILES = ("preview_weights.png",)
+
+
+_TEMP = re.compile(r"^\.(?P<target>.+)\.tmp(?:-(?P<pid>\d+))?$")  # `.NAME.tmp-PID` (or `.NAME.tmp`, older)
+
+
+def write_failed(path: Path, exc: OSError) -> WriteFailed:
+    """The exit-1 error of a run file that could not be written (disk full, quota, I/O error)."""
+    return WriteFailed(f"could not write '{path}' ({exc.strerror or exc}); no temporary file was left")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write ``path`` whole or not at all: a temporary file ``.NAME.tmp-PID`` beside it, flushed and fsynced,
+    then renamed over it. Any OSError removes the temporary file and becomes :class:`WriteFailed` naming
+    ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise write_failed(path, exc) from None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temps(run_dir: Path, names: Iterable[str]) -> list[str]:
+    """Remove the temporary files of atomic writes of ``names`` (and of the manifest) that a killed process
+    left (``.NAME.tmp-PID`` whose PID is no longer alive, or an older ``.NAME.tmp``). Returns what was removed."""
+    targets = {*names, MANIFEST}
+    removed = []
+    for entry in Path(run_dir).iterdir():
+        match = _TEMP.match(entry.name)
+        if match is None or match["target"] not in targets or (entry.is_dir() and not entry.is_symlink()):
+            continue
+        if match["pid"] is not None and _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            entry.unlink()
+            removed.append(entry.name)
+    return removed
 
 
 def _is_temp_of(name: str, targets: Iterable[str]) -> bool:
@@ -57,13 +116,12 @@ class Manifest:
                 self.names = []
 
     def add(self, name: str) -> None:
-        """Record ``name`` (written atomically: a crash leaves the old or the new manifest)."""
+        """Record ``name`` (written atomically: a crash leaves the old or the new manifest; WriteFailed when the
+        disk is full)."""
         if name in self.names:
             return
         self.names.append(name)
-        tmp = self.path.with_name(f"{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"files": self.names}, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_atomically(self.path, (json.dumps({"files": self.names}, indent=1) + "\n").encode())
 
 
 def written_by_pckd(run_dir: Path, legacy_names: Iterable[str] = ()) -> list[str]:
@@ -73,6 +131,11 @@ def written_by_pckd(run_dir: Path, legacy_names: Iterable[str] = ()) -> list[str
     run_dir = Path(run_dir)
     manifest = Manifest(run_dir)
     names = list(manifest.names) if manifest.exists else [*TRAINER_FILES, *legacy_names, *LEGACY_FILES]
+    if not manifest.exists and TENSORBOARD in names:  # a tensorboard/ pckd did not record may be the user's:
+        names.remove(TENSORBOARD)                      # only its event files are pckd's (never through a link)
+        board = run_dir / TENSORBOARD
+        if board.is_dir() and not board.is_symlink():
+            names += [f"{TENSORBOARD}/{n}" for n in sorted(os.listdir(board)) if n.startswith("events.out.tfevents.")]
     found = [n for n in names if os.path.lexists(run_dir / n)]
     if run_dir.is_dir():
         found += [p.name for p in run_dir.iterdir() if _is_temp_of(p.name, names) and p.name not in found]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -69,28 +70,87 @@ def _corrupt_copy(mini: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
     return root, [garbage, truncated]
 
 
-def test_corrupt_image_stops_with_its_path(mini: Path, tmp_path: Path):
-    root, bad = _corrupt_copy(mini, tmp_path)
-    bundle = _bundle(root, train_limit=100)  # only the airplane folder
+def test_a_file_that_is_no_image_stops_when_the_data_is_built(mini: Path, tmp_path: Path):
+    root, (garbage, _) = _corrupt_copy(mini, tmp_path)
+    with pytest.raises(UserError) as err:
+        _bundle(root, train_limit=100)  # the header check, before any batch (and any file of the run)
+    message = str(err.value)
+    assert "\n" not in message and "data.skip_corrupt=true" in message
+    assert message.startswith(f"data: cannot read image '{garbage}' (UnidentifiedImageError")
+
+
+def test_a_truncated_image_with_an_intact_header_stops_when_read(mini: Path, tmp_path: Path):
+    root, (garbage, truncated) = _corrupt_copy(mini, tmp_path)
+    shutil.copyfile(mini / "train" / "airplane" / garbage.name, garbage)
+    whole = (mini / "train" / "airplane" / truncated.name).read_bytes()
+    truncated.write_bytes(whole[: len(whole) - 200])  # the header and part of the pixels
+    bundle = _bundle(root, train_limit=100)  # only the airplane folder; its headers are all intact
     with pytest.raises(UserError) as err:
         list(bundle.train)
     message = str(err.value)
-    assert "\n" not in message and "data.skip_corrupt=true" in message
-    assert any(f"'{path}'" in message for path in bad)
+    assert "\n" not in message and "data.skip_corrupt=true" in message and f"'{truncated}'" in message
 
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_corrupt_images_are_skipped_and_counted(mini: Path, tmp_path: Path, workers: int):
     root, _ = _corrupt_copy(mini, tmp_path)
-    bundle = _bundle(root, train_limit=100, skip_corrupt=True, num_workers=workers)
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
+        bundle = _bundle(root, train_limit=100, skip_corrupt=True, num_workers=workers)
         batches = list(bundle.train)
     indices = torch.cat([b.index for b in batches])
     assert indices.numel() == 98 and set(range(100)) - set(indices.tolist()) == {3, 7}
     assert all(b.images.shape[0] == b.labels.shape[0] == b.index.shape[0] for b in batches)
     assert bundle.train.corrupt_count == 2
     assert any("skipped 2 unreadable image(s)" in str(r.message) for r in records)
+    assert any("2 of 100 image(s)" in str(r.message) and "0003.jpg" in str(r.message) for r in records)  # header
+
+
+def _linked_tree(mini: Path, root: Path) -> Path:
+    """Two classes of four real JPEGs per split, then the attacks: a link from a class back to the split (a loop
+    through every class), a class folder linking to itself, a link to a sibling class, and a file link and a
+    hard link to another class's image. A class folder that is itself a link to a folder outside stays legal."""
+    for split in ("train", "val"):
+        for cls in ("airplane", "bird"):
+            (root / split / cls).mkdir(parents=True)
+            for src in sorted((mini / split / cls).iterdir())[:4]:
+                shutil.copyfile(src, root / split / cls / src.name)
+    outside = root / "outside" / "ship"
+    outside.mkdir(parents=True)
+    for src in sorted((mini / "train" / "ship").iterdir())[:4]:
+        shutil.copyfile(src, outside / src.name)
+    (root / "train" / "ship").symlink_to(outside, target_is_directory=True)
+    (root / "val" / "ship").mkdir()
+    shutil.copyfile(sorted((mini / "val" / "ship").iterdir())[0], root / "val" / "ship" / "0000.jpg")
+    train = root / "train"
+    (train / "bird" / "loop").symlink_to("..", target_is_directory=True)
+    (train / "airplane" / "self").symlink_to(".", target_is_directory=True)
+    (train / "bird" / "planes").symlink_to("../airplane", target_is_directory=True)
+    first_plane = sorted((train / "airplane").glob("*.jpg"))[0]
+    (train / "bird" / "zz-linked.jpg").symlink_to(first_plane)
+    os.link(first_plane, train / "bird" / "zz-hard.jpg")
+    return root
+
+
+def test_link_loops_are_never_walked_and_duplicates_are_warned_about(mini: Path, tmp_path: Path):
+    root = _linked_tree(mini, tmp_path / "tree")
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        bundle = _bundle(root)
+    samples = bundle.train.dataset.samples
+    names = [(Path(p).relative_to(root / "train").as_posix(), label) for p, label in samples]
+    planes = sorted(p.name for p in (root / "train" / "airplane").glob("*.jpg"))
+    birds = sorted(p.name for p in (root / "train" / "bird").glob("0*.jpg"))
+    ships = sorted(p.name for p in (root / "outside" / "ship").iterdir())
+    assert names == ([(f"airplane/{n}", 0) for n in planes] + [(f"bird/{n}", 1) for n in birds]
+                     + [("bird/zz-hard.jpg", 1), ("bird/zz-linked.jpg", 1)] + [(f"ship/{n}", 2) for n in ships])
+    messages = [str(r.message) for r in records]
+    links = [m for m in messages if "linked folder(s)" in m]
+    assert len(links) == 1 and links[0].startswith(f"data.root: left out 3 linked folder(s) under '{root / 'train'}'")
+    dupes = [m for m in messages if "duplicate image file(s)" in m]
+    assert len(dupes) == 1 and f"2 duplicate image file(s) under '{root / 'train'}'" in dupes[0]
+    assert f"'{root / 'train' / 'bird' / 'zz-hard.jpg'}' is '{root / 'train' / 'airplane' / planes[0]}'" in dupes[0]
+    assert (bundle.train_size, bundle.num_classes) == (14, 3)
 
 
 def test_missing_split_folder(tmp_path: Path):

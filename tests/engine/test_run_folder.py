@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from pckd.config import load_config
 from pckd.engine.trainer import Trainer
@@ -122,3 +123,83 @@ def _args(run_dir: Path, teacher: Path) -> list[str]:
     return ["method=pckd", "student.arch=resnet8", "teacher.arch=resnet8", f"teacher.checkpoint={teacher}",
             "data.name=digits", "data.train_limit=32", "data.test_limit=16", "train.epochs=1", "train.batch_size=16",
             "train.device=cpu", "train.progress=false", "train.eval_teacher=false", f"output_dir={run_dir}"]
+
+
+def test_a_second_pckd_process_into_a_folder_in_use_is_refused(tmp_path: Path) -> None:
+    """Two real processes: while the first trains, a second into the same folder (overwrite=true, or
+    resume=true) is refused with one line naming the folder and the holder; the first's files are untouched."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = ["method=ce", "student.arch=resnet8", "data.name=digits", "data.train_limit=32", "data.test_limit=16",
+            "train.batch_size=16", "train.device=cpu", "train.progress=false", "train.eval_teacher=false",
+            f"output_dir={run}"]
+    config = tmp_path / "tiny.yaml"
+    config.write_text("method: ce\n")
+    first = subprocess.Popen([sys.executable, "-m", "pckd", "train", str(config), *args, "train.epochs=100000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not ((run / ".pckd.lock").is_file() and (run / "last.pt").is_file()
+                   and (run / ".pckd.lock").read_text().strip() == f"pid {first.pid}"):
+            assert first.poll() is None, first.communicate()[1]
+            assert time.monotonic() < deadline, "the first run never took the folder"
+            time.sleep(0.2)
+        for extra in ("overwrite=true", "resume=true"):
+            second = subprocess.run([sys.executable, "-m", "pckd", "train", str(config), *args, extra,
+                                     "train.epochs=100000"], capture_output=True, text=True, timeout=240, env=env)
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.splitlines() == [
+                f"pckd: error: output_dir '{run}' is in use by another pckd run (pid {first.pid}); wait for it to "
+                f"finish or choose another output_dir"], second.stderr
+            assert first.poll() is None and (run / "config.yaml").is_file() and (run / "last.pt").is_file()
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+        assert "SIGTERM: stopped" in err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+    assert state["format"] == "pckd" and state["epoch"] >= 1
+
+
+def test_results_without_last_pt_or_metrics_are_never_silently_overwritten(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(_cfg(run)).fit()
+    for name in ("last.pt", "last.prev.pt", "metrics.jsonl", MANIFEST):
+        (run / name).unlink(missing_ok=True)
+    assert sorted(p.name for p in run.iterdir() if not p.name.startswith(".")) == [
+        "best.pt", "config.yaml", "env.json", "summary.json", "tensorboard"]
+    before = (run / "best.pt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run; add resume=true .* overwrite=true"):
+        Trainer(_cfg(run))
+    assert (run / "best.pt").read_bytes() == before and (run / "summary.json").is_file()
+
+
+def test_overwrite_keeps_a_users_own_tensorboard_folder_and_never_follows_its_link(tmp_path: Path) -> None:
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "my-notes.txt").write_text("mine")
+    Trainer(_cfg(run)).fit()
+    events = [p.name for p in (run / "tensorboard").iterdir() if p.name.startswith("events")]
+    assert len(events) == 1
+    Trainer(_cfg(run, "overwrite=true")).fit()
+    left = sorted(p.name for p in (run / "tensorboard").iterdir())
+    assert "my-notes.txt" in left and events[0] not in left  # the old run's events went, the user's file stayed
+
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("x")
+    import shutil
+
+    shutil.rmtree(run / "tensorboard")
+    (run / "tensorboard").symlink_to(elsewhere, target_is_directory=True)
+    Trainer(_cfg(run, "overwrite=true")).fit()  # writes no events through the link, deletes nothing behind it
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["precious.txt"]
+    Trainer(_cfg(run, "overwrite=true")).fit()
+    assert (elsewhere / "precious.txt").read_text() == "x"

@@ -5,6 +5,8 @@ augmenter. Batch order and rank sharding are those of the in-memory loader (same
 same share of each global batch), so a resumed epoch recomputes its order and skips its first steps without
 reading them. The workers' random crops/flips are not restored on resume; only the order is.
 
+The class folders are scanned without walking any folder twice (a link loop never multiplies the data), and
+every image's header is checked when the data is built, before anything is written to the run folder.
 Unreadable images stop the run with a UserError naming the file, or with ``data.skip_corrupt`` are left out
 of their batch and counted (``corrupt_count``; a warning at the end of each epoch that skipped some). Under
 several ranks a skipped image makes that rank's batch smaller; a batch whose images are all unreadable is not
@@ -13,9 +15,11 @@ yielded at all, which a multi-rank run cannot survive, so clean the data first f
 
 from __future__ import annotations
 
+import os
 import signal
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 from torchvision import datasets, transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from pckd import distributed
 from pckd.data.augment import NORMALIZATION, PreAugmented, PreAugmentedPair
@@ -35,7 +40,7 @@ from pckd.data.loader import (
     train_batches,
 )
 from pckd.data.randaugment_pil import RandAugmentCutout
-from pckd.errors import UserError
+from pckd.errors import PckdWarning, UserError
 
 # What PIL raises for files it cannot decode (SyntaxError for some malformed headers).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
@@ -89,9 +94,89 @@ def eval_transform(image_size: int, preset: str = "imagenet") -> Callable:
                                transforms.Normalize(mean, std)])
 
 
+def _folder_key(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def scan_class_folders(directory: str, class_to_idx: dict[str, int],
+                       is_valid: Callable[[str], bool]) -> tuple[list[tuple[str, int]], list[tuple[str, str]],
+                                                                 list[tuple[str, str]]]:
+    """The ``(path, class index)`` samples under ``directory/<class>/`` in torchvision's order (folders sorted by
+    path, files by name), following a linked folder only the first time its real folder is reached: a link loop,
+    or a link back to the split or to another class, is never walked (torchvision's walk follows them until the
+    path is too long, multiplying and relabelling the data). Returns the samples, the links left out
+    ``(link, real folder)`` and the duplicate files ``(path, first path of the same file)`` (symbolic or hard
+    links to one file; they stay in the samples)."""
+    starts = {cls: os.path.join(directory, cls) for cls in sorted(class_to_idx)}
+    split = _folder_key(directory)
+    visited = {split} | {_folder_key(p) for p in starts.values() if os.path.isdir(p)}
+    skipped: list[tuple[str, str]] = []
+    samples: list[tuple[str, int]] = []
+    duplicates: list[tuple[str, str]] = []
+    first_path: dict[tuple[int, int], str] = {}
+    for cls, start in starts.items():
+        if not os.path.isdir(start):
+            continue
+        files: dict[str, list[tuple[str, tuple[int, int]]]] = {}
+        stack = [start]
+        while stack:
+            folder = stack.pop()
+            device = os.stat(folder).st_dev
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+            here = files.setdefault(folder, [])
+            for entry in entries:
+                if entry.is_dir():  # follows a link: its real folder decides whether it is walked
+                    real = _folder_key(entry.path)
+                    if real in visited or split.startswith(real.rstrip(os.sep) + os.sep):  # read, or holds the split
+                        skipped.append((entry.path, real))
+                        continue
+                    visited.add(real)
+                    stack.append(entry.path)
+                elif entry.is_file() and is_valid(entry.path):
+                    if entry.is_symlink():
+                        info = os.stat(entry.path)
+                        key = (info.st_dev, info.st_ino)
+                    else:  # the inode from the directory listing: no stat per file
+                        key = (device, entry.inode())
+                    here.append((entry.path, key))
+        for folder in sorted(files):  # torchvision's order: sorted(os.walk(...)) walks folders by path
+            for path, key in files[folder]:
+                if key in first_path:
+                    duplicates.append((path, first_path[key]))
+                else:
+                    first_path[key] = path
+                samples.append((path, class_to_idx[cls]))
+    return samples, skipped, duplicates
+
+
 class TolerantImageFolder(datasets.ImageFolder):
     """An ImageFolder whose items are ``(image or None, label, index, path, error)``: a file that cannot be
-    read comes back as ``None`` plus the reason, and the main process decides what to do with it."""
+    read comes back as ``None`` plus the reason, and the main process decides what to do with it. Its scan
+    never walks a folder twice (:func:`scan_class_folders`) and warns about links it left out and about
+    duplicate files."""
+
+    @staticmethod
+    def make_dataset(directory: str | Path, class_to_idx: dict[str, int],
+                     extensions: tuple[str, ...] | None = None, is_valid_file: Callable[[str], bool] | None = None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        valid = is_valid_file or (lambda p: has_file_allowed_extension(p, extensions or IMG_EXTENSIONS))
+        samples, skipped, duplicates = scan_class_folders(str(directory), class_to_idx, valid)
+        if skipped:
+            link, real = skipped[0]
+            warnings.warn(PckdWarning(
+                f"data.root: left out {len(skipped)} linked folder(s) under '{directory}' whose folder is already "
+                f"read (a link loop, or a second way to one folder), e.g. '{link}' -> '{real}'"), stacklevel=2)
+        if duplicates:
+            path, first = duplicates[0]
+            warnings.warn(PckdWarning(
+                f"data.root: {len(duplicates)} duplicate image file(s) under '{directory}' (one file reached by two "
+                f"paths, each used as a sample), e.g. '{path}' is '{first}'"), stacklevel=2)
+        found = {label for _, label in samples}
+        empty = sorted(cls for cls, label in class_to_idx.items() if label not in found)
+        if empty and not allow_empty:
+            raise FileNotFoundError(f"Found no valid file for the classes {', '.join(empty)}")
+        return samples
 
     def __getitem__(self, index: int) -> tuple[Tensor | None, int, int, str, str | None]:
         path, target = self.samples[index]
@@ -101,11 +186,47 @@ class TolerantImageFolder(datasets.ImageFolder):
             return None, target, index, path, f"{type(exc).__name__}: {' '.join(str(exc).split())}"
         return image, target, index, path, None
 
+    def verify_headers(self, skip_corrupt: bool) -> None:
+        """Open every sample's header (format and size, nothing decoded) before anything is written: a file
+        that is no image stops the run naming it, or with ``skip_corrupt`` is reported once (the loader skips
+        it); a split of only such files stops either way."""
+        paths = [path for path, _ in self.samples]
+        if len(paths) > 256:  # bound by file opening, not by the CPU: threads overlap the waits
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                problems = list(pool.map(header_problem, paths, chunksize=64))
+        else:
+            problems = [header_problem(p) for p in paths]
+        bad = [(path, why) for path, why in zip(paths, problems) if why is not None]
+        if not bad:
+            return
+        path, why = bad[0]
+        if not skip_corrupt:
+            raise UserError(f"data: cannot read image '{path}' ({why}); fix or delete the file, or set "
+                            "data.skip_corrupt=true to skip unreadable images")
+        if len(bad) == len(paths):
+            raise UserError(f"data.skip_corrupt: every image read from '{self.root}' was unreadable ({len(bad)} "
+                            f"images, first: '{path}': {why}); fix the files or point data.root at an intact copy")
+        warnings.warn(PckdWarning(f"data.skip_corrupt: {len(bad)} of {len(paths)} image(s) under '{self.root}' "
+                                  f"are unreadable and will be skipped (first: '{path}': {why})"), stacklevel=2)
+
     def keep(self, positions: list[int]) -> None:
         """Restrict the dataset to ``positions`` (in order), e.g. for data.classes / limits."""
         self.samples: list[tuple[str, int]] = [self.samples[i] for i in positions]
         self.imgs = self.samples
         self.targets = [s[1] for s in self.samples]
+
+
+def header_problem(path: str) -> str | None:
+    """Why ``path`` is not a readable image according to its header (PIL opens it lazily: the format and size
+    are read, no pixels decoded), or None."""
+    try:
+        with Image.open(path) as image:
+            kind, (width, height) = image.format, image.size
+    except _DECODE_ERRORS as exc:
+        return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    if not kind or width <= 0 or height <= 0:
+        return "its header gives no image format or size"
+    return None
 
 
 def check_root(root: str | Path) -> None:

@@ -15,9 +15,12 @@ from typing import Any
 import pckd.distributed as dist
 from pckd.errors import UserError
 from pckd.run_folder import (
+    LEGACY_FILES,
+    TRAINER_FILES,
     RunLock,
     holds_checkpoint,
     holds_results,
+    remove_stale_temps,
     remove_written,
     written_by_pckd,
 )
@@ -86,6 +89,8 @@ def create_run_dir(cfg: Any, run_dir: Path) -> RunLock | None:
         raise UserError(f"output_dir '{run_dir}' is in use by another pckd run ({holder}); wait for it to finish or "
                         f"choose another output_dir")
     try:
+        # Temporary files of a process killed mid-write (its pid gone) are garbage whatever this run does.
+        remove_stale_temps(run_dir, [*TRAINER_FILES, *method_output_files(), *LEGACY_FILES])
         if not cfg.resume and (cfg.overwrite or not holds_results(run_dir)):
             stale = written_by_pckd(run_dir, method_output_files())
             doomed = {(run_dir / n).resolve() for n in stale} | {run_dir.resolve() / n for n in stale}

@@ -5,6 +5,7 @@ Only rank 0 writes; other ranks get a logger whose methods do nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pckd.run_folder import METRICS, TENSORBOARD, Manifest
+from pckd.run_folder import METRICS, TENSORBOARD, Manifest, write_atomically, write_failed
 
 
 def _clean(value: Any) -> Any:
@@ -42,7 +43,10 @@ class RunLogger:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._manifest = Manifest(self.run_dir)
             self.record(METRICS)
-            self._metrics = open(self.run_dir / METRICS, "a", buffering=1)  # noqa: SIM115 (open for the run; closed in close())
+            try:
+                self._metrics = open(self.run_dir / METRICS, "a", buffering=1)  # noqa: SIM115 (open for the run; closed in close())
+            except OSError as exc:
+                raise write_failed(self.run_dir / METRICS, exc) from None
             if tensorboard:
                 self._open_tensorboard()
 
@@ -76,7 +80,13 @@ class RunLogger:
             return
         clean = {k: _clean(v) for k, v in record.items()}
         clean.setdefault("time", round(time.time(), 3))
-        self._metrics.write(json.dumps(clean) + "\n")
+        line = json.dumps(clean) + "\n"
+        try:
+            self._metrics.write(line)
+            self._metrics.flush()
+        except OSError as exc:  # disk full: the line is lost, the run stops naming the file
+            self._drop_unwritten()
+            raise write_failed(self.run_dir / METRICS, exc) from None
         if self._tb is not None and step is not None:
             for key, value in clean.items():
                 if key in ("epoch", "step", "time", "kind") or not isinstance(value, (int, float)):
@@ -97,9 +107,7 @@ class RunLogger:
         if not self.enabled:
             return
         self.record(name)
-        tmp = self.run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.run_dir / name)
+        write_atomically(self.run_dir / name, text.encode())
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         """``payload`` as indented JSON (non-finite floats as strings), written like :meth:`write_text`."""
@@ -109,12 +117,24 @@ class RunLogger:
         if self._tb is not None:
             self._tb.flush()
 
+    def _drop_unwritten(self) -> None:
+        """Forget what a failed write left in the metrics file's buffer, so closing it does not fail again."""
+        with contextlib.suppress(OSError, ValueError):
+            os.close(self._metrics.fileno())
+        with contextlib.suppress(OSError, ValueError):
+            self._metrics.close()
+
     def close(self) -> None:
         """Close the metrics file and TensorBoard (a second call does nothing)."""
         if self.enabled and not self._metrics.closed:
-            self._metrics.close()
-            if self._tb is not None:
-                self._tb.close()
+            try:
+                self._metrics.close()
+            except OSError as exc:
+                self._drop_unwritten()
+                raise write_failed(self.run_dir / METRICS, exc) from None
+            finally:
+                if self._tb is not None:
+                    self._tb.close()
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 import pckd.distributed as dist
 from pckd.config import to_yaml
 from pckd.config.schema import OnNonFinite, Precision, Schedule
+from pckd.crash import note_run_dir
 from pckd.data.batch import Batch
 from pckd.engine.acceleration import ChannelsLastAugment, compile_student
 from pckd.engine.build import Built, build, lr_factor
@@ -44,9 +45,9 @@ from pckd.engine.run_dir import check_run_dir, create_run_dir
 from pckd.engine.run_logger import RunLogger, peak_memory_mb
 from pckd.engine.run_state import environment, rng_state, set_rng_state
 from pckd.engine.signals import StopRequest
-from pckd.errors import PckdWarning, TrainingStopped, UserError
+from pckd.errors import PckdWarning, TrainingStopped, UserError, WriteFailed
 from pckd.methods.base import StepOutput
-from pckd.run_folder import BEST, CONFIG, ENV, LAST, PREVIOUS, SUMMARY
+from pckd.run_folder import BEST, CONFIG, ENV, LAST, MANIFEST, PREVIOUS, SUMMARY, holds_checkpoint
 
 _SIGNAL_CODES = {"SIGINT": 1, "SIGTERM": 2}  # agreed over ranks with a MAX all_reduce: SIGTERM wins
 _SIGNAL_NAMES = {code: name for name, code in _SIGNAL_CODES.items()}
@@ -87,6 +88,8 @@ class Trainer:
         self.run_dir = check_run_dir(cfg)  # read-only checks first: nothing is written before validation passes
         self.built = built or build(cfg)
         self.lock = create_run_dir(cfg, self.run_dir)
+        if dist.is_main_process():
+            note_run_dir(self.run_dir)  # an unexpected crash from here on leaves its traceback in RUN/crash.log
         self.device = self.built.device
         self.distiller = self.built.distiller
         self.data = self.built.data
@@ -100,12 +103,17 @@ class Trainer:
                 self.distiller, device_ids=ids, find_unused_parameters=self.distiller.has_unused_parameters)
         if cfg.train.compile:
             compile_student(self.distiller.student)
-        self.logger = RunLogger(self.run_dir, enabled=dist.is_main_process())
+        self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
+        try:
+            self.logger = RunLogger(self.run_dir, enabled=dist.is_main_process())
+        except WriteFailed as exc:
+            if self.lock is not None:
+                self.lock.release()
+            raise WriteFailed(f"{exc}. Free space, then {self._next_step()}") from None
         self.start_epoch, self.start_step = 1, 0
         self.best_top1, self.best_epoch = -1.0, 0
         self.teacher_eval: dict[str, float] | None = None
         self.wall_time = 0.0
-        self.extension: dict[str, tuple[Any, Any]] = {}  # settings a resume changed on purpose (train.epochs)
         # float16 needs loss scaling (its range underflows small gradients); bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == Precision.fp16 else None
 
@@ -160,22 +168,30 @@ class Trainer:
     def _write_checkpoint(self, epoch: int, step: int, last_eval: dict[str, float] | None,
                           best: bool) -> TrainingStopped | None:
         state = self._checkpoint(epoch, step, last_eval)
-        target = self.run_dir / LAST
+        # best.pt before last.pt: a last.pt claiming this epoch as the best exists only once best.pt holds it, so
+        # a resume after a failed write either retrains this epoch (and writes best.pt) or finds best.pt written.
+        target = self.run_dir / MANIFEST
         try:
-            self.logger.record(LAST)
-            self.logger.record(PREVIOUS)
-            atomic_save(state, target, keep_previous=self.run_dir / PREVIOUS)
+            for name in (BEST, LAST, PREVIOUS) if best else (LAST, PREVIOUS):
+                self.logger.record(name)
             if best:
                 target = self.run_dir / BEST
-                self.logger.record(BEST)
                 atomic_save(state, target)
-        except OSError as exc:  # disk full, quota, vanished folder: the files already there stay as they were
+            target = self.run_dir / LAST
+            atomic_save(state, target, keep_previous=self.run_dir / PREVIOUS)
+        except (OSError, WriteFailed) as exc:  # disk full, quota, vanished folder: files already there stay
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             kept = [str(self.run_dir / n) for n in (LAST, PREVIOUS) if (self.run_dir / n).exists()]
             return TrainingStopped(
-                f"could not write checkpoint '{target}' ({exc.strerror or exc}); existing checkpoints are untouched "
-                f"({', '.join(kept) or 'none yet'}). Free space, then resume with: {self.resume_command()}",
-                exit_code=1)
+                f"could not write checkpoint '{target}' ({reason}); existing checkpoints are untouched "
+                f"({', '.join(kept) or 'none yet'}). Free space, then {self._next_step()}", exit_code=1)
         return None
+
+    def _next_step(self) -> str:
+        """What to run once a write failure is fixed: the resume command, or the same command again."""
+        if holds_checkpoint(self.run_dir):
+            return f"resume with: {self.resume_command()}"
+        return "run the same command again (no checkpoint was written yet)"
 
     def _load_resume_state(self) -> tuple[dict[str, Any], Path]:
         """Rank 0 picks the checkpoint (``last.pt``, or its fallback) and every rank loads that same file, so
@@ -231,8 +247,9 @@ class Trainer:
                 f"{self.cfg.method} with {self.cfg.student.arch}; resume with the run's own config.yaml"
             )
         done = int(state["epoch"]) - (1 if state["step"] else 0)  # complete epochs in the checkpoint
+        # A finished run whose summary.json could not be written (disk full) resumes to write it.
         if not state["step"] and done >= self.cfg.train.epochs and isinstance(state.get("config"), str) \
-                and not config_changes(state["config"], to_yaml(self.cfg)):
+                and not config_changes(state["config"], to_yaml(self.cfg)) and (self.run_dir / SUMMARY).is_file():
             raise TrainingStopped(
                 f"the run in {self.run_dir} already finished its {done} epochs (best test top-1 "
                 f"{state['best_top1']:.2f}% at epoch {state['best_epoch']}); to train longer, resume with "
@@ -298,6 +315,10 @@ class Trainer:
         try:
             with self.stop:
                 return self._fit(stop_after_epoch, self.stop)
+        except WriteFailed as exc:  # a run file (env.json, metrics.jsonl, ...) could not be written: exit 1
+            with contextlib.suppress(WriteFailed):
+                self.logger.close()
+            raise WriteFailed(f"{exc}. Free space, then {self._next_step()}") from None
         finally:
             if self.lock is not None:
                 self.lock.release()

@@ -62,7 +62,12 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
             raise
         runs = []  # probe results alone still make a report
     tables = build_tables(runs, metric)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--output-dir '{out_dir}' is a file; choose a folder, e.g. --output-dir report")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--output-dir '{out_dir}' cannot be created ({exc.strerror}); choose another folder") from None
     write_csv(tables, out_dir / "report.csv")
     figures: list[Path] = []
     if plots:
@@ -70,7 +75,7 @@ def write_report(paths: list[Path], out_dir: Path, metric: str = "best", plots: 
             from pckd.report.plots import plot_table
 
             for table in tables:
-                figures += plot_table(table, out_dir)
+                figures += plot_table(table, out_dir, on_problem)
             figures += _preview_figures(runs, out_dir, on_problem)
         except ImportError as exc:  # matplotlib is a dependency, but a broken install must not lose the tables
             on_problem(f"no plots: matplotlib could not be imported ({exc})")

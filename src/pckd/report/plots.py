@@ -7,6 +7,7 @@ One figure of each kind per table column (teacher -> student pair), one line per
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from pckd.report.collect import RunRecord
@@ -133,13 +134,23 @@ def plot_losses(table: Table, column: Column, path: Path) -> Path | None:
     return path
 
 
-def plot_table(table: Table, out_dir: Path) -> list[Path]:
-    """Both figures for every column of ``table`` into ``out_dir``; the paths written."""
+def plot_table(table: Table, out_dir: Path, on_problem: Callable[[str], None] | None = None) -> list[Path]:
+    """Both figures for every column of ``table`` into ``out_dir``; the paths written. A figure matplotlib
+    cannot draw (values of absurd size in a tampered metrics.jsonl) is left out and reported to ``on_problem``."""
     written = []
     for column in table.columns:
         stem = _slug(f"{table.dataset}_{column_name(column)}")
         for kind, plot in (("top1", plot_accuracy), ("losses", plot_losses)):
-            path = plot(table, column, Path(out_dir) / f"{kind}_{stem}.png")
+            target = Path(out_dir) / f"{kind}_{stem}.png"
+            try:
+                path = plot(table, column, target)
+            except (ValueError, OverflowError, MemoryError) as exc:  # e.g. ticks over a range of 1e308
+                _pyplot().close("all")
+                if on_problem is None:
+                    raise
+                on_problem(f"no figure {target.name}: its values cannot be drawn ({type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())[:120]}); check the runs' metrics.jsonl")
+                continue
             if path is not None:
                 written.append(path)
     return written
