@@ -11,8 +11,7 @@ Seed 002's other datasets get stage-1 teachers on the same recipe: ``cifar10/tea
 (the six architectures), ``tinyimagenet/teachers_intra_class/<arch>.yaml`` (the six CIFAR architectures on
 TinyImageNet resized once to 32x32, ``data.resize: 32``: the paper's TinyImageNet resolution and networks are
 unknown) and ``imagenet/teachers_intra_class/resnet34.yaml`` (torchvision ResNet34 on the ImageNet base recipe).
-On ImageFolder data the two views come from one worker-side crop (``PreAugmented``), so on ImageNet both views
-of an image are the same crop: docs/methods/intra_class.md.
+On ImageFolder data the loader workers make the two views, each with its own crop and flip.
 """
 
 from __future__ import annotations
