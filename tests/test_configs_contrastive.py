@@ -71,9 +71,9 @@ def test_ckd_imagenet_config():
     assert (cfg.train.epochs, cfg.train.schedule, cfg.train.lr) == (200, "cosine", 0.2)
     assert (cfg.train.batch_size, cfg.train.weight_decay, cfg.train.momentum) == (512, 1e-4, 0.9)
     assert (cfg.data.name, cfg.data.image_size) == ("imagefolder", 224)
-    # The KD baseline beside it keeps its own 100-epoch step recipe.
+    # The KD baseline beside it keeps its own 100-epoch step recipe (mdistiller's r34_r18/kd.yaml: batch 512, lr 0.2).
     kd = load_config(CONFIGS / "imagenet" / "kd" / "resnet34-resnet18.yaml")
-    assert (kd.train.epochs, kd.train.schedule, kd.train.lr) == (100, "multistep", 0.1)
+    assert (kd.train.epochs, kd.train.schedule, kd.train.lr, kd.train.batch_size) == (100, "multistep", 0.2, 512)
 
 
 def test_intra_class_teachers_for_six_archs():
