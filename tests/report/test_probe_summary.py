@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from pckd.errors import PckdWarning
 from pckd.report import write_report
 from pckd.report.probes import collect_probes, render_probe_table
 
@@ -41,7 +44,8 @@ def test_report_of_probes_alone_and_a_broken_probe_file(tmp_path: Path) -> None:
     broken = tmp_path / "other" / "probe.json"
     broken.parent.mkdir()
     broken.write_text("{not json")
-    report = write_report([tmp_path], tmp_path / "out", plots=False)
+    with pytest.warns(PckdWarning, match="not a probe result"):  # warned on the console as well
+        report = write_report([tmp_path], tmp_path / "out", plots=False)
     text = report.read_text()
     assert "| kd resnet8x4 | 61.00 |" in text
     assert f"{broken}: not a probe result" in text  # listed under Problems, not a crash
