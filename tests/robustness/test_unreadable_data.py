@@ -115,3 +115,25 @@ def test_an_imagefolder_link_loop_is_one_warning_line_through_the_cli(
                      f" -> '{root}'"]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs"] == 1
+
+
+def test_verify_images_false_skips_the_header_check_and_the_file_is_found_when_read(
+    shared_data: Path, tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pckd.config import load_config
+    from pckd.config.schema import DataConfig
+    from pckd.data import build_data
+    from pckd.errors import UserError
+
+    root = _folder(shared_data, tmp_path / "data", ())
+    bad = sorted((root / "train" / "cat").iterdir())[0]
+    bad.write_bytes(b"not a jpeg")
+    cpu = __import__("torch").device("cpu")
+    with pytest.raises(UserError, match="cannot read image"):  # default: refused when the data is built
+        build_data(DataConfig(name="imagefolder", root=str(root), image_size=32), 8, 8, 0, cpu)
+    build_data(DataConfig(name="imagefolder", root=str(root), image_size=32, verify_images=False), 8, 8, 0, cpu)
+    assert load_config(None, ["data.verify_images=false"]).data.verify_images is False
+    # unchecked, the bad file is still met when an epoch reads it: skipped with data.skip_corrupt, counted
+    run_dir = tmp_path / "run"
+    assert main(_args(tiny_config, root, run_dir, "data.verify_images=false", "data.skip_corrupt=true")) == 0
+    assert "skipped 1 unreadable image(s) in epoch 1" in capsys.readouterr().err

@@ -91,6 +91,9 @@ class DataConfig(Settings):
     transforms: TransformPreset = hp(TransformPreset.auto, doc="imagefolder only: auto | imagenet | cifar")
     num_workers: int | None = hp(None, ge=0, doc="imagefolder only: loader processes; unset: this process's share of the CPUs (at most 8)")
     skip_corrupt: bool = hp(False, doc="imagefolder only: skip unreadable images (counted) instead of stopping")
+    verify_images: bool = hp(True, doc="imagefolder only: open every image's header before training, so a bad file "
+                                       "stops the run before anything is written; false skips the check (huge "
+                                       "folders on slow disks): bad files are then found when read")
     on_device: bool = hp(True, doc="in-memory datasets: keep the uint8 images on the training device")
 
 

@@ -154,7 +154,8 @@ def _imagefolder(cfg: DataConfig, batch_size: int, eval_batch_size: int, seed: i
     n_available = len(train_set.classes)
     for dataset, train in ((train_set, True), (test_set, False)):
         dataset.keep(_positions(cfg, dataset.targets, n_available, train))
-        dataset.verify_headers(cfg.skip_corrupt)  # only the images this run reads; before anything is written
+        if cfg.verify_images:  # only the images this run reads; before anything is written
+            dataset.verify_headers(cfg.skip_corrupt)
     num_classes = cfg.classes if cfg.classes is not None else n_available
     _check_num_classes(cfg, num_classes)
     workers = default_num_workers() if cfg.num_workers is None else cfg.num_workers
