@@ -5,8 +5,8 @@ For each bank size N (CIFAR-100: 50,000; ImageNet: 1,281,167 training images) it
 
 * ``other_class``: RepDistiller's CIFAR sampler (distinct other-class samples; ranks random keys over the
   whole bank, a [B, N] tensor per step);
-* ``other_class_replace``: mdistiller's ImageNet sampler (other-class samples with replacement, by rejection;
-  B x k work).
+* ``other_class_replace``: mdistiller's ImageNet sampler (other-class samples with replacement, drawn from the
+  complement of the anchor's class in the label-sorted bank; B x k work).
 
 and prints the bank footprint (two banks of N x feat_dim float32, plus the label bank) and the step's score
 tensor of ``contrast_exp`` ([B, N] float32 per side). Medians over ``--repeats`` draws after one warm-up.

@@ -35,9 +35,6 @@ class CRDNegatives(Choice):
 
 NEGATIVE_MODES = tuple(m.value for m in CRDNegatives)
 NCE_EPS = 1e-7  # RepDistiller's ``eps`` in ContrastLoss
-# Rejection rounds of other_class_replace; each round keeps a draw with probability (1 - share of the anchor's
-# class), so 64 rounds leave a draw blocked only on a (nearly) one-class dataset.
-MAX_REDRAWS = 64
 
 
 # ---- pure functions -------------------------------------------------------------------------------------
@@ -96,25 +93,27 @@ def draw_contrast_index(index: Tensor, labels: Tensor, bank_labels: Tensor | Non
         uniformly with replacement among them (a row with no eligible sample at all, i.e. a one-class
         dataset, gets blocked samples).
     other_class_replace: samples whose ``bank_labels`` differ from the anchor's, uniformly WITH replacement
-        (mdistiller's ``ImageNetInstanceSample``: ``np.random.choice(cls_negative[target], k, replace=True)``), by
-        rejection: uniform draws over the bank, the blocked ones drawn again. O(B * k) work and memory where
-        ``other_class`` needs a [B, n_data] tensor, so it suits ImageNet-sized banks.
+        (mdistiller's ``ImageNetInstanceSample``: ``np.random.choice(cls_negative[target], k, replace=True)``),
+        drawn directly from the complement of the anchor's class in the label-sorted bank: no [B, n_data] tensor
+        (``other_class`` needs one) and no host sync, so it suits ImageNet-sized banks. The anchor is excluded
+        through its class, so its own ``bank_labels`` entry must be its label (``CRD.forward_train`` writes it
+        before drawing); a one-class bank gets blocked samples.
     uniform: uniformly with replacement from ``range(n_data)`` minus the anchor itself.
     Uses the global RNG of ``index``'s device.
     """
     b, device = index.shape[0], index.device
     if mode == "other_class_replace":
         assert bank_labels is not None, "other_class_replace negatives need the labels of the bank"
-        neg = torch.randint(0, n_data, (b, k), device=device)
-        blocked = (bank_labels[neg] == labels[:, None]) | (neg == index[:, None])
-        rows, cols = blocked.nonzero(as_tuple=True)  # later rounds touch only the blocked draws
-        for _ in range(MAX_REDRAWS):
-            if rows.numel() == 0:
-                break
-            new = torch.randint(0, n_data, (rows.numel(),), device=device)
-            neg[rows, cols] = new
-            still = (bank_labels[new] == labels[rows]) | (new == index[rows])
-            rows, cols = rows[still], cols[still]
+        order = torch.argsort(bank_labels)  # each class one contiguous run of `order`
+        sorted_labels = bank_labels[order]
+        start = torch.searchsorted(sorted_labels, labels)  # [B] first position of the anchor's class
+        n_class = torch.searchsorted(sorted_labels, labels, right=True) - start
+        eligible = (n_data - n_class)[:, None]  # [B, 1]
+        # A uniform position among the eligible ones (float64: exact enough for any bank size), then step over
+        # the anchor's run.
+        u = (torch.rand(b, k, device=device, dtype=torch.float64) * eligible).long().clamp(max=n_data - 1)
+        u = u + (u >= start[:, None]).long() * n_class[:, None]
+        neg = order[u.clamp(max=n_data - 1)]
     elif mode == "uniform":
         neg = torch.randint(0, n_data - 1, (b, k), device=device)
         neg = neg + (neg >= index[:, None]).long()  # skip the anchor: uniform over the other n_data - 1
