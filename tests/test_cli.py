@@ -70,11 +70,17 @@ def test_demo_methods_all_adds_every_registered_student_method(capsys):
 
 
 def test_demo_runs_both_stages_of_sskd_and_pckd_methods_lists_it(tmp_path, capsys):
-    from pckd.demo import SHORT_STAGES, STUDENT_EPOCHS, _config, demo_methods
+    from pckd.demo import STUDENT_EPOCHS, _config, demo_methods, short_first_stage
 
     assert "sskd" in demo_methods(["all"])
-    cfg = _config("sskd", tmp_path, STUDENT_EPOCHS, "resnet8", SHORT_STAGES["sskd"], "teacher.pt")
+    cfg = _config("sskd", tmp_path, STUDENT_EPOCHS, "resnet8", short_first_stage("sskd", STUDENT_EPOCHS),
+                  "teacher.pt")
     assert cfg.sskd.init_epochs == 1 < cfg.train.epochs  # the student stage gets the demo's other epochs
+    assert cfg.sskd.init_milestones == []
+    # every two-stage method, read off its fields; a 1-epoch demo (--scale 0.2) drops the first stage
+    assert {m: short_first_stage(m, 5) for m in ("ab", "ft", "fsp", "kd")} == {
+        "ab": {"init_epochs": 1}, "ft": {"init_epochs": 1}, "fsp": {"init_epochs": 1}, "kd": {}}
+    assert short_first_stage("ab", 1) == {"init_epochs": 0}
     assert main(["methods"]) == 0
     out = capsys.readouterr().out
     assert any(line.startswith("sskd ") for line in out.splitlines())

@@ -5,6 +5,7 @@ Every run is an ordinary `pckd train` run (configs built in code), so the demo e
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -34,15 +35,19 @@ STUDENT_RUNS: dict[str, dict[str, Any]] = {
     "pckd": {},
     "ckd": {"weight": 10.0, "tau": 1.0},
 }
-# Baselines whose CIFAR defaults would spend the whole short demo schedule in a first stage (training refuses a
-# first stage as long as the run): SSKD's 60 teacher-stage epochs and AB/FT/FSP's 30 init epochs become 1 here, so
-# their student stage runs too.
-SHORT_STAGES: dict[str, dict[str, Any]] = {
-    "sskd": {"init_epochs": 1, "init_milestones": []},
-    "ab": {"init_epochs": 1},
-    "ft": {"init_epochs": 1},
-    "fsp": {"init_epochs": 1},
-}
+def short_first_stage(method: str, epochs: int) -> dict[str, Any]:
+    """Overrides that fit a two-stage method's first stage (``init_epochs``: AB/FT/FSP's 30, SSKD's 60) into the
+    demo's short schedule: one epoch when the run has two or more, none otherwise (training refuses a first stage
+    as long as the run). Read off the method's fields, so a new two-stage method needs no entry here."""
+    from pckd.methods.base import method_registry
+
+    fields = {f.name for f in dataclasses.fields(method_registry()[method].params)}
+    if "init_epochs" not in fields:
+        return {}
+    out: dict[str, Any] = {"init_epochs": 1 if epochs >= 2 else 0}
+    if "init_milestones" in fields:
+        out["init_milestones"] = []
+    return out
 
 
 def demo_methods(requested: list[str] | None) -> list[str]:
@@ -89,8 +94,9 @@ def run_demo(output_dir: str | Path = "runs/demo", epochs_scale: float = 1.0,
     teacher_ckpt = str(root / "teacher" / "best.pt")
     rows = [{"run": f"teacher ({TEACHER_ARCH}, ce)", **teacher}]
     for method in students:
-        cfg = _config(method, root / f"student-{method}", scale(STUDENT_EPOCHS), STUDENT_ARCH,
-                      STUDENT_RUNS.get(method, SHORT_STAGES.get(method, {})),
+        epochs = scale(STUDENT_EPOCHS)
+        cfg = _config(method, root / f"student-{method}", epochs, STUDENT_ARCH,
+                      STUDENT_RUNS.get(method) or short_first_stage(method, epochs),
                       None if method == "ce" else teacher_ckpt)
         name = f"student ({STUDENT_ARCH}, {method})"
         try:

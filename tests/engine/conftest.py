@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,18 @@ def trained_teacher(shared_data: Path, tmp_path_factory) -> Path:
     summary = train(cfg)
     assert summary["best_top1"] > 30.0, summary  # 10 classes: chance is 10%
     return run_dir / "best.pt"
+
+
+def signal_at_call(trainer: Any, call: int, sig: signal.Signals = signal.SIGTERM) -> None:
+    """Make the ``call``-th training forward of ``trainer`` deliver ``sig`` to this process (as `kill` would)."""
+    inner = trainer.distiller.forward_train
+    calls = {"n": 0}
+
+    def forward_train(batch: Any, epoch: int) -> Any:
+        calls["n"] += 1
+        out = inner(batch, epoch)
+        if calls["n"] == call:
+            signal.raise_signal(sig)
+        return out
+
+    trainer.distiller.forward_train = forward_train

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,7 @@ from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.trainer import Trainer
 from pckd.errors import TrainingStopped
 
-from .conftest import cifar_slice_config
+from .conftest import cifar_slice_config, signal_at_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
@@ -35,20 +34,6 @@ def sskd_config(shared_data: Path, run_dir: Path, teacher: Path, extra: list[str
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
-
-def _signal_at_call(trainer: Trainer, call: int) -> None:
-    """Make the ``call``-th training forward send SIGTERM to this process (as `kill` would)."""
-    inner = trainer.distiller.forward_train
-    calls = {"n": 0}
-
-    def forward_train(batch: Any, epoch: int) -> Any:
-        calls["n"] += 1
-        out = inner(batch, epoch)
-        if calls["n"] == call:
-            signal.raise_signal(signal.SIGTERM)
-        return out
-
-    trainer.distiller.forward_train = forward_train  # type: ignore[method-assign]
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -95,7 +80,7 @@ def test_interrupted_teacher_stage_resumes_exactly_and_is_not_redone(shared_data
 
     part = tmp_path / "part"
     interrupted = Trainer(sskd_config(shared_data, part, random_teacher))
-    _signal_at_call(interrupted, call=3)  # epoch 1 (the teacher stage), step 3 of 6 done
+    signal_at_call(interrupted, call=3)  # epoch 1 (the teacher stage), step 3 of 6 done
     with pytest.raises(TrainingStopped) as info:
         interrupted.fit()
     assert info.value.exit_code == 0 and "stopped at epoch 1 step 3" in str(info.value)

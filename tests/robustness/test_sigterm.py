@@ -21,6 +21,7 @@ from pckd.engine.checkpoint_io import load_checkpoint_file
 from pckd.engine.signals import StopRequest
 from pckd.engine.trainer import Trainer, TrainingStopped
 from pckd.models import create_model
+from tests.engine.conftest import signal_at_call
 
 from .conftest import pckd_command, subprocess_env
 
@@ -157,20 +158,6 @@ def _method_config(run_dir: Path, method: str, teacher: Path | None, extra: list
     return load_config(None, overrides)
 
 
-def _signal_at_call(trainer: Trainer, call: int, sig: signal.Signals = signal.SIGTERM) -> None:
-    """Make the ``call``-th training forward deliver ``sig`` to this process (as `kill` would)."""
-    inner = trainer.distiller.forward_train
-    calls = {"n": 0}
-
-    def forward_train(batch: Any, epoch: int) -> Any:
-        calls["n"] += 1
-        out = inner(batch, epoch)
-        if calls["n"] == call:
-            signal.raise_signal(sig)
-        return out
-
-    trainer.distiller.forward_train = forward_train  # type: ignore[method-assign]
-
 
 @pytest.mark.parametrize("method", ["pckd", "intra_class", "crd", "reviewkd"])
 def test_mid_epoch_resume_restores_method_state_exactly(method: str, tmp_path: Path) -> None:
@@ -185,7 +172,7 @@ def test_mid_epoch_resume_restores_method_state_exactly(method: str, tmp_path: P
     Trainer(_method_config(tmp_path / "full", method, teacher, extra)).fit()
 
     interrupted = Trainer(_method_config(tmp_path / "part", method, teacher, extra))
-    _signal_at_call(interrupted, call=9)  # epoch 2 (6 steps per epoch), step 3 done
+    signal_at_call(interrupted, call=9)  # epoch 2 (6 steps per epoch), step 3 done
     with pytest.raises(TrainingStopped) as info:
         interrupted.fit()
     assert info.value.exit_code == 0 and "stopped at epoch 2 step 3" in str(info.value)
