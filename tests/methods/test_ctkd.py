@@ -209,7 +209,7 @@ def test_instance_wise_temperature_starts_at_the_global_value_and_ascends_the_lo
         return 0.9 * sum(naive_kd(s_logits[i], t_logits[i], T) for i in range(4)) / 4
 
     out.total.backward()
-    last = method.instance_temperature.net[2]
+    last = method.instance_temperature.out
     assert last.bias.grad.item() == pytest.approx(-1.0 * _five_point(naive_total, 1.0), rel=1e-5)  # lambda 1 at 12
     assert last.weight.grad.abs().sum().item() > 0  # the per-sample weights learn from the first step
 
@@ -217,7 +217,7 @@ def test_instance_wise_temperature_starts_at_the_global_value_and_ascends_the_lo
 def test_instance_wise_temperatures_differ_per_sample_and_the_student_gets_no_reversed_gradient():
     params = CTKDParams(temperature_module="instance", instance_hidden=8)
     method, _ = _method(params)
-    torch.nn.init.normal_(method.instance_temperature.net[2].weight, std=0.5)
+    torch.nn.init.normal_(method.instance_temperature.out.weight, std=0.5)
     batch = make_batch(6, 10, seed=4, labels="cycle", augment=DoubleViews(mean=0.0, std=1.0))
     out = method.forward_train(batch, 12)
     assert out.stats["temperature_std"].item() > 1e-3

@@ -80,18 +80,15 @@ class InstanceTemperature(nn.Module):
 
     def __init__(self, num_classes: int, hidden: int, init_raw: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * num_classes, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
-        last = self.net[2]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.constant_(last.bias, float(init_raw))
+        self.hidden = nn.Linear(2 * num_classes, hidden)
+        self.out = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.constant_(self.out.bias, float(init_raw))
 
     def forward(self, teacher_logits: Tensor, student_logits: Tensor) -> Tensor:
         # Detached: the module learns from the loss through T only; the student's logits get no reversed gradient.
-        x = torch.cat([teacher_logits.detach(), student_logits.detach()], dim=1)
-        first = self.net[0]
-        assert isinstance(first, nn.Linear)
-        return self.net(x.to(first.weight.dtype)).squeeze(1)
+        x = torch.cat([teacher_logits.detach(), student_logits.detach()], dim=1).to(self.hidden.weight.dtype)
+        return self.out(F.relu(self.hidden(x))).squeeze(1)
 
 
 class TemperatureModule(Choice):
