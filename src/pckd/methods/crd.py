@@ -106,8 +106,9 @@ def draw_contrast_index(index: Tensor, labels: Tensor, bank_labels: Tensor | Non
         assert bank_labels is not None, "other_class_replace negatives need the labels of the bank"
         order = torch.argsort(bank_labels)  # each class one contiguous run of `order`
         sorted_labels = bank_labels[order]
-        start = torch.searchsorted(sorted_labels, labels)  # [B] first position of the anchor's class
-        n_class = torch.searchsorted(sorted_labels, labels, right=True) - start
+        wanted = labels.contiguous()  # a column of the gathered (index, label) rows; searchsorted copies otherwise
+        start = torch.searchsorted(sorted_labels, wanted)  # [B] first position of the anchor's class
+        n_class = torch.searchsorted(sorted_labels, wanted, right=True) - start
         eligible = (n_data - n_class)[:, None]  # [B, 1]
         # A uniform position among the eligible ones (float64: exact enough for any bank size), then step over
         # the anchor's run.
